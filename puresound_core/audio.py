@@ -1,0 +1,621 @@
+"""Probe, block-wise decode and streaming encode: the only module that opens media files.
+
+Decoding and encoding go through PyAV (FFmpeg in-process; its wheels carry libmp3lame,
+libopus, the native AAC and FLAC encoders). No system ``ffmpeg`` or ``ffprobe`` is used.
+
+Signals are ``np.ndarray [shape=(channels, samples)]``, float32, nominally in [-1, 1];
+long signals travel as iterators of such blocks (see :func:`iter_blocks`).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import DecodeTimeoutError, EncodingError, InvalidAudioError
+
+#: Default decode block length in samples (per channel): ~1.4 s at 48 kHz.
+DEFAULT_BLOCK_SIZE = 1 << 16
+
+#: libavcodec version string, recorded in lineage and cache keys.
+FFMPEG_VERSION = ".".join(str(v) for v in av.library_versions["libavcodec"])
+
+
+def check_audio(audio: np.ndarray, *, name: str = "audio") -> np.ndarray:
+    """Check the house audio layout and return the signal as float32.
+
+    Parameters
+    ----------
+    audio : np.ndarray [shape=(channels, samples)]
+        Signal; any real floating dtype is accepted and converted to float32.
+    name : str
+        Name used in error messages.
+
+    Returns
+    -------
+    np.ndarray [shape=(channels, samples)], float32
+
+    Raises
+    ------
+    InvalidAudioError
+        If ``audio`` is not 2-D, has no channel, or is not a real floating array.
+    """
+    if not isinstance(audio, np.ndarray) or audio.ndim != 2 or audio.shape[0] < 1:
+        shape = getattr(audio, "shape", None)
+        raise InvalidAudioError(f"{name}: expected shape (channels, samples), got {shape}")
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise InvalidAudioError(f"{name}: expected a floating dtype, got {audio.dtype}")
+    return audio.astype(np.float32, copy=False)
+
+
+class ProbeResult(BaseModel):
+    """What a container declares about its first audio stream.
+
+    Attributes
+    ----------
+    path : str
+    file_size_bytes : int
+    container : str
+        FFmpeg demuxer name (``"wav"``, ``"ogg"``, ``"mp3"``, ``"mov,mp4,m4a,3gp,3g2,mj2"``...).
+    codec : str
+        FFmpeg decoder name (``"pcm_s16le"``, ``"vorbis"``, ``"mp3float"``...).
+    sample_rate_hz, channels : int
+    channel_layout : str
+    declared_duration_s : float or None
+        Duration the header declares (RIFF ``data`` size for WAV, else the container's);
+        ``None`` when the container declares none.
+    bit_depth : int or None
+        Bits per sample of PCM / FLAC sources; ``None`` for lossy codecs.
+    bitrate_kbps : float or None
+    tags : dict of str to str
+        Container and stream tags, keys lower-cased.
+    integrity_issue : str or None
+        A structural defect found without decoding (a truncated ``data`` chunk, a cut final
+        MPEG frame); ``None`` when none was found.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    file_size_bytes: int
+    container: str
+    codec: str
+    sample_rate_hz: int
+    channels: int
+    channel_layout: str
+    declared_duration_s: float | None
+    bit_depth: int | None
+    bitrate_kbps: float | None
+    tags: dict[str, str] = Field(default_factory=dict)
+    integrity_issue: str | None = None
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def _riff_header(path: Path) -> dict | None:
+    """Parse a RIFF/WAVE header: rate, channels, block align, declared and present data bytes.
+
+    Returns ``None`` for files that are not RIFF/WAVE. Follows the Microsoft RIFF spec
+    (chunks are word-aligned); a ``data`` size of 0 or 0xFFFFFFFF (streamed WAV) is
+    reported as undeclared.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        info: dict = {}
+        offset = 12
+        while offset + 8 <= size:
+            fh.seek(offset)
+            chunk_id, chunk_size = struct.unpack("<4sI", fh.read(8))
+            if chunk_id == b"fmt ":
+                fmt = fh.read(min(chunk_size, 40))
+                if len(fmt) >= 16:
+                    _, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
+                    info.update(sample_rate_hz=rate, channels=channels,
+                                block_align=block_align, bits=bits)
+            elif chunk_id == b"data":
+                present = size - (offset + 8)
+                declared = None if chunk_size in (0, 0xFFFFFFFF) else chunk_size
+                info.update(data_declared=declared, data_present=present)
+                break
+            offset += 8 + chunk_size + (chunk_size & 1)
+        return info
+
+
+# MPEG audio frame header tables (ISO/IEC 11172-3 and 13818-3), Layer III and II.
+_MPEG_BITRATES_KBPS = {
+    (1, 3): [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320],
+    (1, 2): [0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384],
+    (2, 3): [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
+    (2, 2): [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
+}
+_MPEG_RATES_HZ = {3: [44100, 48000, 32000], 2: [22050, 24000, 16000], 0: [11025, 12000, 8000]}
+
+
+def _flac_streaminfo(path: Path) -> dict | None:
+    """Bits per sample and total samples from a native FLAC file's STREAMINFO block.
+
+    Returns ``None`` for files that do not start with ``fLaC`` (FLAC format spec, RFC 9639 s. 8.2).
+    """
+    with path.open("rb") as fh:
+        head = fh.read(42)
+    if len(head) < 26 or head[:4] != b"fLaC" or (head[4] & 0x7F) != 0:
+        return None
+    info = head[8:]
+    rate = (info[10] << 12) | (info[11] << 4) | (info[12] >> 4)
+    bits = (((info[12] & 0x01) << 4) | (info[13] >> 4)) + 1
+    total = ((info[13] & 0x0F) << 32) | int.from_bytes(info[14:18], "big")
+    return {"bits": bits, "total_samples": total or None, "sample_rate_hz": rate}
+
+
+def _mpeg_frame_length(header: bytes) -> int | None:
+    """Length in bytes of the MPEG-1/2/2.5 Layer II/III frame whose 4-byte header is given."""
+    if len(header) < 4 or header[0] != 0xFF or (header[1] & 0xE0) != 0xE0:
+        return None
+    version_bits = (header[1] >> 3) & 3
+    layer_bits = (header[1] >> 1) & 3
+    if version_bits == 1 or layer_bits not in (1, 2):  # reserved version; Layer I unsupported
+        return None
+    layer = 3 if layer_bits == 1 else 2
+    bitrate_index = header[2] >> 4
+    rate_index = (header[2] >> 2) & 3
+    if bitrate_index in (0, 15) or rate_index == 3:
+        return None
+    table_version = 1 if version_bits == 3 else 2
+    bitrate = _MPEG_BITRATES_KBPS[(table_version, layer)][bitrate_index] * 1000
+    rate = _MPEG_RATES_HZ[version_bits][rate_index]
+    padding = (header[2] >> 1) & 1
+    coefficient = 72 if (layer == 3 and table_version == 2) else 144
+    return coefficient * bitrate // rate + padding
+
+
+def _mpeg_tail_truncation(path: Path, *, tail_bytes: int = 16384) -> str | None:
+    """Describe a cut final MPEG audio frame, or return ``None`` when the tail is whole.
+
+    Walks the frame chain through the last ``tail_bytes`` of the file (after dropping an
+    ID3v1 tag) and checks that the last frame's declared length fits in the file.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        start = max(0, size - tail_bytes)
+        fh.seek(start)
+        tail = fh.read()
+    if len(tail) >= 128 and tail[-128:-125] == b"TAG":
+        tail = tail[:-128]
+    end = len(tail)
+    for i in range(end - 4):
+        length = _mpeg_frame_length(tail[i:i + 4])
+        if not length:
+            continue
+        nxt = _mpeg_frame_length(tail[i + length:i + length + 4]) if i + length + 4 <= end else None
+        if i + length < end and not nxt:
+            continue  # a false sync: no frame follows where one must
+        pos = i
+        while True:
+            length = _mpeg_frame_length(tail[pos:pos + 4])
+            if not length:
+                return None  # trailing non-audio data (e.g. an APE tag): not a cut frame
+            if pos + length > end:
+                return f"final MPEG frame has {end - pos} of {length} bytes"
+            if pos + length == end:
+                return None
+            pos += length
+    return None
+
+
+def probe(path: str | os.PathLike) -> ProbeResult:
+    """Read what the container declares about the first audio stream, without decoding.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Any file FFmpeg can demux; the first audio stream of a video container is used.
+
+    Returns
+    -------
+    ProbeResult
+
+    Raises
+    ------
+    InvalidAudioError
+        ``rule="decodable"`` when FFmpeg cannot open the file (empty, text, unknown format),
+        ``rule="has_audio_stream"`` when it holds no audio stream, ``rule="sample_rate"``
+        when the header declares a sample rate of 0 Hz.
+
+    References
+    ----------
+    FFmpeg formats documentation (libavformat); Microsoft RIFF/WAVE; ISO/IEC 11172-3.
+    """
+    p = Path(path)
+    name = p.name
+    if not p.is_file():
+        raise InvalidAudioError(f"{name}: rule 'decodable' failed: no such file", rule="decodable", path=str(p))
+    size = p.stat().st_size
+    if size == 0:
+        raise InvalidAudioError(f"{name}: rule 'decodable' failed: file is empty (0 bytes)",
+                                rule="decodable", path=str(p))
+    riff = _riff_header(p)
+    if riff is not None and riff.get("sample_rate_hz") == 0:
+        raise InvalidAudioError(f"{name}: rule 'sample_rate' failed: header declares 0 Hz",
+                                rule="sample_rate", path=str(p))
+    try:
+        container = av.open(str(p), metadata_errors="replace")
+    except av.error.FFmpegError as err:
+        raise InvalidAudioError(f"{name}: rule 'decodable' failed: FFmpeg cannot open it ({err.strerror})",
+                                rule="decodable", path=str(p)) from err
+    with container:
+        if not container.streams.audio:
+            kinds = ", ".join(s.type for s in container.streams) or "none"
+            raise InvalidAudioError(
+                f"{name}: rule 'has_audio_stream' failed: container '{container.format.name}' "
+                f"has no audio stream (streams: {kinds})", rule="has_audio_stream", path=str(p))
+        stream = container.streams.audio[0]
+        cc = stream.codec_context
+        if not cc.sample_rate:
+            raise InvalidAudioError(f"{name}: rule 'sample_rate' failed: stream declares 0 Hz",
+                                    rule="sample_rate", path=str(p))
+        declared = None
+        if stream.duration is not None and stream.time_base is not None:
+            declared = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            declared = container.duration / av.time_base
+        integrity = None
+        if riff is not None and riff.get("data_declared") and riff.get("block_align"):
+            declared = riff["data_declared"] / riff["block_align"] / riff["sample_rate_hz"]
+            if riff["data_present"] < riff["data_declared"]:
+                integrity = (f"WAV data chunk declares {riff['data_declared']} bytes, "
+                             f"file holds {riff['data_present']}")
+        if container.format.name == "mp3":
+            integrity = _mpeg_tail_truncation(p)
+        flac = _flac_streaminfo(p) if container.format.name == "flac" else None
+        bit_depth = None
+        if riff is not None and riff.get("bits"):
+            bit_depth = int(riff["bits"])
+        elif flac is not None:
+            bit_depth = flac["bits"]
+            if flac["total_samples"] and flac["sample_rate_hz"]:
+                declared = flac["total_samples"] / flac["sample_rate_hz"]
+        elif cc.name.startswith("pcm_") or cc.name in ("flac", "alac"):
+            raw = getattr(stream, "bits_per_raw_sample", None) or getattr(cc, "bits_per_raw_sample", None)
+            bit_depth = int(raw) if raw else (cc.format.bytes * 8 if cc.format else None)
+        tags = {str(k).lower(): str(v) for k, v in {**container.metadata, **stream.metadata}.items()}
+        bit_rate = cc.bit_rate or container.bit_rate
+        return ProbeResult(
+            path=str(p), file_size_bytes=size, container=container.format.name, codec=cc.name,
+            sample_rate_hz=int(cc.sample_rate), channels=int(cc.channels),
+            channel_layout=cc.layout.name, declared_duration_s=declared, bit_depth=bit_depth,
+            bitrate_kbps=(bit_rate / 1000.0) if bit_rate else None, tags=tags,
+            integrity_issue=integrity,
+        )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def iter_blocks(
+    path: str | os.PathLike,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    timeout_s: float | None = None,
+) -> Iterator[np.ndarray]:
+    """Decode the first audio stream in fixed-size blocks at its native rate and layout.
+
+    Parameters
+    ----------
+    path : str or path-like
+    block_size : int > 0
+        Samples per channel in every block but the last (which may be shorter).
+    timeout_s : float > 0, optional
+        Wall-clock budget for the whole decode, checked between packets.
+
+    Yields
+    ------
+    np.ndarray [shape=(channels, n <= block_size)], float32
+        Mid-stream changes of rate or layout are resampled to the first ones.
+
+    Raises
+    ------
+    InvalidAudioError
+        ``rule="decodable"`` when the stream cannot be opened or a packet cannot be decoded.
+    DecodeTimeoutError
+        ``rule="decode_timeout"`` when decoding takes longer than ``timeout_s``.
+
+    Notes
+    -----
+    Memory is O(block_size) whatever the duration. Decoders apply codec priming
+    (MP3 LAME/Xing delay, AAC edit lists, Opus pre-skip) as FFmpeg does.
+    """
+    p = Path(path)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        container = av.open(str(p), metadata_errors="replace")
+    except av.error.FFmpegError as err:
+        raise InvalidAudioError(f"{p.name}: rule 'decodable' failed: FFmpeg cannot open it ({err.strerror})",
+                                rule="decodable", path=str(p)) from err
+    with container:
+        if not container.streams.audio:
+            raise InvalidAudioError(f"{p.name}: rule 'has_audio_stream' failed: no audio stream",
+                                    rule="has_audio_stream", path=str(p))
+        stream = container.streams.audio[0]
+        cc = stream.codec_context
+        resampler = av.AudioResampler(format="fltp", layout=cc.layout, rate=cc.sample_rate)
+        pending: list[np.ndarray] = []
+        pending_len = 0
+        decoded_frames = 0
+
+        def frames() -> Iterator[av.AudioFrame]:
+            nonlocal decoded_frames
+            try:
+                for packet in container.demux(stream):
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise DecodeTimeoutError(
+                            f"{p.name}: rule 'decode_timeout' failed: decode exceeded {timeout_s:g} s",
+                            rule="decode_timeout", path=str(p))
+                    for frame in packet.decode():
+                        decoded_frames += 1
+                        yield from resampler.resample(frame)
+                yield from resampler.resample(None)
+            except av.error.FFmpegError as err:
+                raise InvalidAudioError(
+                    f"{p.name}: rule 'decodable' failed: decode error after {decoded_frames} frames "
+                    f"({err.strerror})", rule="decodable", path=str(p)) from err
+
+        for frame in frames():
+            data = frame.to_ndarray()
+            pending.append(data)
+            pending_len += data.shape[1]
+            if pending_len >= block_size:
+                joined = np.concatenate(pending, axis=1) if len(pending) > 1 else pending[0]
+                start = 0
+                while joined.shape[1] - start >= block_size:
+                    yield np.ascontiguousarray(joined[:, start:start + block_size], dtype=np.float32)
+                    start += block_size
+                rest = joined[:, start:]
+                pending = [rest] if rest.shape[1] else []
+                pending_len = rest.shape[1]
+        if pending_len:
+            yield np.ascontiguousarray(np.concatenate(pending, axis=1), dtype=np.float32)
+
+
+def decode(path: str | os.PathLike, *, timeout_s: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode a whole file into memory (tests and short files; use :func:`iter_blocks` otherwise).
+
+    Parameters
+    ----------
+    path : str or path-like
+    timeout_s : float, optional
+        See :func:`iter_blocks`.
+
+    Returns
+    -------
+    audio : np.ndarray [shape=(channels, samples)], float32
+    sample_rate_hz : int
+
+    Raises
+    ------
+    InvalidAudioError, DecodeTimeoutError
+        As :func:`probe` and :func:`iter_blocks`.
+    """
+    info = probe(path)
+    blocks = list(iter_blocks(path, timeout_s=timeout_s))
+    if not blocks:
+        return np.zeros((info.channels, 0), dtype=np.float32), info.sample_rate_hz
+    return np.concatenate(blocks, axis=1), info.sample_rate_hz
+
+
+def blocks_of(audio: np.ndarray, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[np.ndarray]:
+    """Split an in-memory signal into blocks, the form the streaming functions take.
+
+    Parameters
+    ----------
+    audio : np.ndarray [shape=(channels, samples)]
+    block_size : int > 0
+
+    Yields
+    ------
+    np.ndarray [shape=(channels, n <= block_size)], float32
+    """
+    audio = check_audio(audio)
+    for start in range(0, audio.shape[1], block_size):
+        yield audio[:, start:start + block_size]
+
+
+# --------------------------------------------------------------------------- encoding
+
+Codec = Literal["mp3", "aac", "opus", "flac", "wav"]
+
+# codec -> (FFmpeg encoder, muxer, file extension)
+_CODECS: dict[str, tuple[str, str, str]] = {
+    "mp3": ("libmp3lame", "mp3", "mp3"),
+    "aac": ("aac", "ipod", "m4a"),
+    "opus": ("libopus", "ogg", "opus"),
+    "flac": ("flac", "flac", "flac"),
+    "wav": ("pcm_s16le", "wav", "wav"),
+}
+_OPUS_RATES_HZ = (8000, 12000, 16000, 24000, 48000)
+_FF_QP2LAMBDA = 118  # libavutil/avutil.h
+
+
+class EncoderSettings(BaseModel):
+    """How one rendition is encoded.
+
+    Attributes
+    ----------
+    codec : {"mp3", "aac", "opus", "flac", "wav"}
+        MP3 via libmp3lame, AAC-LC in M4A via FFmpeg's native encoder, Opus in Ogg via
+        libopus, FLAC, PCM WAV.
+    bitrate_kbps : int or None
+        Constant / target bitrate of lossy codecs (required for AAC and Opus, and for
+        MP3 unless ``vbr_quality`` is set); ignored by FLAC and WAV.
+    vbr_quality : int in [0, 9] or None
+        MP3 only: LAME VBR quality (``-V``; 0 is best). Overrides ``bitrate_kbps``.
+    sample_rate_hz : int
+        Output rate; Opus allows 8/12/16/24/48 kHz.
+    channels : {1, 2}
+    bit_depth : {16, 24}
+        FLAC and WAV sample depth.
+
+    References
+    ----------
+    FFmpeg codecs documentation (libmp3lame, aac, libopus, flac); RFC 7845 (Ogg Opus).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    codec: Codec
+    bitrate_kbps: int | None = Field(default=None, gt=0, le=640)
+    vbr_quality: int | None = Field(default=None, ge=0, le=9)
+    sample_rate_hz: int = Field(default=48000, ge=8000, le=192000)
+    channels: Literal[1, 2] = 2
+    bit_depth: Literal[16, 24] = 16
+
+    @model_validator(mode="after")
+    def _check(self) -> EncoderSettings:
+        if self.codec == "opus" and self.sample_rate_hz not in _OPUS_RATES_HZ:
+            raise ValueError(f"opus needs sample_rate_hz in {_OPUS_RATES_HZ}, got {self.sample_rate_hz}")
+        if self.codec in ("aac", "opus") and self.bitrate_kbps is None:
+            raise ValueError(f"{self.codec} needs bitrate_kbps")
+        if self.codec == "mp3" and self.bitrate_kbps is None and self.vbr_quality is None:
+            raise ValueError("mp3 needs bitrate_kbps (CBR) or vbr_quality (VBR)")
+        if self.vbr_quality is not None and self.codec != "mp3":
+            raise ValueError("vbr_quality applies to mp3 only")
+        return self
+
+    @property
+    def extension(self) -> str:
+        """File extension without the dot (``"mp3"``, ``"m4a"``, ``"opus"``, ``"flac"``, ``"wav"``)."""
+        return _CODECS[self.codec][2]
+
+    @property
+    def lossless(self) -> bool:
+        """True for FLAC and WAV."""
+        return self.codec in ("flac", "wav")
+
+
+class EncodeResult(BaseModel):
+    """What :func:`encode_blocks` wrote.
+
+    Attributes
+    ----------
+    path : str
+    size_bytes : int
+    samples_in : int
+        Samples per channel fed to the encoder.
+    encoder : str
+        FFmpeg encoder name plus libavcodec version.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    size_bytes: int
+    samples_in: int
+    encoder: str
+
+
+def _tags_for(codec: str, tags: Mapping[str, str]) -> dict[str, str]:
+    """Map our tag names to what each muxer writes (ID3v2 TXXX, Vorbis comments, iTunes atoms)."""
+    out = {k: v for k, v in tags.items() if v is not None and v != ""}
+    if codec == "aac":
+        # FFmpeg's mp4 muxer writes only the iTunes keys it knows.
+        out = {k: v for k, v in out.items() if k in ("title", "artist", "album", "date", "comment", "genre")}
+    return out
+
+
+def encode_blocks(
+    blocks: Iterable[np.ndarray],
+    path: str | os.PathLike,
+    *,
+    settings: EncoderSettings,
+    tags: Mapping[str, str] | None = None,
+) -> EncodeResult:
+    """Encode a block stream to a file, atomically (temporary file + rename).
+
+    Parameters
+    ----------
+    blocks : iterable of np.ndarray [shape=(settings.channels, n)], float32
+        Audio already at ``settings.sample_rate_hz`` with ``settings.channels`` channels;
+        samples outside [-1, 1] are clipped by the sample-format conversion.
+    path : str or path-like
+        Final file; it appears only when encoding succeeded.
+    settings : EncoderSettings
+    tags : mapping of str to str, optional
+        ``title``, ``artist``, ``album``, ``date`` and gain tags; written where the
+        container has a place for them.
+
+    Returns
+    -------
+    EncodeResult
+
+    Raises
+    ------
+    EncodingError
+        If a block has the wrong channel count, or FFmpeg fails to encode or mux.
+
+    References
+    ----------
+    FFmpeg libavcodec / libavformat documentation; LAME ``-V`` VBR scale.
+    """
+    encoder_name, muxer, _ = _CODECS[settings.codec]
+    if settings.codec == "wav" and settings.bit_depth == 24:
+        encoder_name = "pcm_s24le"
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    layout = "mono" if settings.channels == 1 else "stereo"
+    samples_in = 0
+    try:
+        with av.open(tmp_name, "w", format=muxer) as out:
+            stream = out.add_stream(encoder_name, rate=settings.sample_rate_hz, layout=layout)
+            cc = stream.codec_context
+            if settings.codec in ("flac", "wav"):
+                cc.format = "s16" if settings.bit_depth == 16 else "s32"
+            if settings.codec == "flac" and settings.bit_depth == 24:
+                cc.options = {"bits_per_raw_sample": "24"}
+            if settings.codec == "mp3" and settings.vbr_quality is not None:
+                cc.qscale = True
+                cc.global_quality = settings.vbr_quality * _FF_QP2LAMBDA
+            elif settings.bitrate_kbps is not None and not settings.lossless:
+                cc.bit_rate = settings.bitrate_kbps * 1000
+            muxed_tags = _tags_for(settings.codec, tags or {})
+            out.metadata.update(muxed_tags)
+            stream.metadata.update(muxed_tags)
+            pts = 0
+            for block in blocks:
+                if block.ndim != 2 or block.shape[0] != settings.channels:
+                    raise EncodingError(f"{target.name}: encoder expects {settings.channels} channels, "
+                                        f"got block of shape {block.shape}")
+                if block.shape[1] == 0:
+                    continue
+                frame = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(block, dtype=np.float32), format="fltp", layout=layout)
+                frame.sample_rate = settings.sample_rate_hz
+                frame.pts = pts
+                pts += block.shape[1]
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            samples_in = pts
+            for packet in stream.encode(None):
+                out.mux(packet)
+        os.replace(tmp_name, target)
+    except av.error.FFmpegError as err:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise EncodingError(f"{target.name}: {encoder_name} failed: {err}") from err
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return EncodeResult(path=str(target), size_bytes=target.stat().st_size, samples_in=samples_in,
+                        encoder=f"{encoder_name} (libavcodec {FFMPEG_VERSION})")
