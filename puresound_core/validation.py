@@ -1,0 +1,286 @@
+"""Validation: named rules with limits a preset sets, every failure reported at once.
+
+Rules (name -> what fails it):
+
+=====================  ==========================================================
+``decodable``          FFmpeg cannot open or decode the file (empty, text, corrupt)
+``has_audio_stream``   the container holds no audio stream (an image, a text file)
+``sample_rate``        the header declares 0 Hz, or the rate is outside the limits
+``file_size_max``      the file is larger than the limit
+``channels_max``       more channels than the limit
+``duration_min``       decoded duration under the limit
+``duration_max``       decoded duration over the limit
+``finite_samples``     NaN or inf samples
+``not_silent``         sample peak at or under the silence limit (digital silence)
+``clipping_ratio_max`` share of clipped samples (runs of >= 3 at full scale) over the limit
+``declared_duration``  decoded duration differs from what the header declares, or the
+                       final frame / data chunk is cut (truncated file)
+``decode_timeout``     decoding took longer than its deadline
+=====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .audio import ProbeResult, iter_blocks, probe
+from .errors import DecodeTimeoutError, InvalidAudioError
+from .true_peak import amplitude_to_db
+
+#: |sample| at or above this is full scale for the clipping rule (-0.0087 dBFS: above the
+#: largest 16-bit positive value 32767/32768).
+CLIP_LEVEL = 0.999
+#: A clipped run is at least this many consecutive full-scale samples.
+CLIP_RUN = 3
+
+
+class ValidationLimits(BaseModel):
+    """Limits of the validation rules; presets set their own.
+
+    Attributes
+    ----------
+    duration_min_s, duration_max_s : float
+    file_size_max_bytes : int
+    sample_rate_min_hz, sample_rate_max_hz : int
+    channels_max : int
+    silence_peak_dbfs : float
+        A file whose sample peak is at or under this is digital silence (-90 dBFS is just
+        under one 16-bit LSB).
+    clipping_ratio_max : float
+        Largest tolerated share of clipped samples.
+    declared_duration_tolerance_s : float
+        Largest tolerated difference between declared and decoded duration.
+    decode_timeout_s : float
+        Wall-clock deadline of the validating decode.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    duration_min_s: float = Field(default=1.0, ge=0, description="Shortest accepted programme (s)")
+    duration_max_s: float = Field(default=6 * 3600.0, gt=0, description="Longest accepted programme (s)")
+    file_size_max_bytes: int = Field(default=8 * 1024**3, gt=0, description="Largest accepted file (bytes)")
+    sample_rate_min_hz: int = Field(default=8000, gt=0)
+    sample_rate_max_hz: int = Field(default=192000, gt=0)
+    channels_max: int = Field(default=8, ge=1)
+    silence_peak_dbfs: float = Field(default=-90.0, le=0)
+    clipping_ratio_max: float = Field(default=0.01, ge=0, le=1)
+    declared_duration_tolerance_s: float = Field(default=0.5, ge=0)
+    decode_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class RuleResult(BaseModel):
+    """The outcome of one rule for one file.
+
+    Attributes
+    ----------
+    rule : str
+    passed : bool
+    measured : float or str or None
+        The measured value (seconds, Hz, ratio, dBFS...) or a description.
+    limit : float or str or None
+    message : str
+        Names the file, the rule and the values.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str
+    passed: bool
+    measured: float | str | None = None
+    limit: float | str | None = None
+    message: str
+
+
+class SignalStats(BaseModel):
+    """What the validating decode measured.
+
+    Attributes
+    ----------
+    decoded_samples : int
+        Samples per channel.
+    decoded_duration_s : float
+    sample_peak_dbfs : float
+    nonfinite_samples : int
+    clipped_ratio : float
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    decoded_samples: int
+    decoded_duration_s: float
+    sample_peak_dbfs: float
+    nonfinite_samples: int
+    clipped_ratio: float
+
+
+class ValidationReport(BaseModel):
+    """Every rule checked for one file.
+
+    Attributes
+    ----------
+    path : str
+    passed : bool
+        True when no rule failed.
+    rules : list of RuleResult
+    probe : ProbeResult or None
+        ``None`` when the file could not be opened.
+    stats : SignalStats or None
+        ``None`` when nothing could be decoded.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    passed: bool
+    rules: list[RuleResult]
+    probe: ProbeResult | None = None
+    stats: SignalStats | None = None
+
+    @property
+    def failures(self) -> list[RuleResult]:
+        """list of RuleResult: the failed rules, in check order."""
+        return [r for r in self.rules if not r.passed]
+
+    @property
+    def failed_rules(self) -> list[str]:
+        """list of str: names of the failed rules."""
+        return [r.rule for r in self.failures]
+
+
+class _StatsAccumulator:
+    """Sample peak, non-finite count and clipped-run count over a block stream."""
+
+    def __init__(self, channels: int):
+        self.samples = 0
+        self.peak = 0.0
+        self.nonfinite = 0
+        self.clipped = 0
+        self._carry = np.zeros((channels, CLIP_RUN - 1), dtype=bool)
+
+    def process(self, block: np.ndarray) -> None:
+        self.samples += block.shape[1]
+        finite = np.isfinite(block)
+        if not finite.all():
+            self.nonfinite += int(block.size - np.count_nonzero(finite))
+            block = np.where(finite, block, 0.0)
+        magnitude = np.abs(block)
+        if magnitude.size:
+            self.peak = max(self.peak, float(magnitude.max()))
+        full = np.concatenate([self._carry, magnitude >= CLIP_LEVEL], axis=1)
+        runs = full[:, :-2] & full[:, 1:-1] & full[:, 2:]          # a run of 3 starts here
+        member = np.zeros_like(full)
+        for shift in range(CLIP_RUN):
+            member[:, shift:shift + runs.shape[1]] |= runs
+        self.clipped += int(member[:, CLIP_RUN - 1:].sum())
+        self._carry = full[:, -(CLIP_RUN - 1):]
+
+
+def _rule(path: Path, rule: str, passed: bool, measured, limit, detail: str) -> RuleResult:
+    status = "passed" if passed else "failed"
+    return RuleResult(rule=rule, passed=passed, measured=measured, limit=limit,
+                      message=f"{path.name}: rule '{rule}' {status}: {detail}")
+
+
+def validate_file(path: str | os.PathLike, limits: ValidationLimits | None = None) -> ValidationReport:
+    """Check a file against every validation rule and report all failures.
+
+    The file is probed, then decoded once (block by block, under ``limits.decode_timeout_s``)
+    to measure what headers cannot tell: decoded duration, peak, NaN / inf, clipping.
+
+    Parameters
+    ----------
+    path : str or path-like
+    limits : ValidationLimits, optional
+        Defaults to ``ValidationLimits()``.
+
+    Returns
+    -------
+    ValidationReport
+        Never raises for bad input: an unreadable file is a report with failed rules.
+
+    References
+    ----------
+    Rule set after ffmpeg-normalize's input checks and EBU R 128 s4 (true-peak / clipping);
+    MPEG frame lengths from ISO/IEC 11172-3.
+    """
+    limits = limits or ValidationLimits()
+    p = Path(path)
+    rules: list[RuleResult] = []
+    size = p.stat().st_size if p.is_file() else 0
+    rules.append(_rule(p, "file_size_max", size <= limits.file_size_max_bytes, size,
+                       limits.file_size_max_bytes, f"{size} bytes <= {limits.file_size_max_bytes} bytes"
+                       if size <= limits.file_size_max_bytes else
+                       f"{size} bytes > {limits.file_size_max_bytes} bytes"))
+    try:
+        info = probe(p)
+    except InvalidAudioError as err:
+        rules.append(RuleResult(rule=err.rule or "decodable", passed=False, measured=None, limit=None,
+                                message=str(err)))
+        return ValidationReport(path=str(p), passed=False, rules=rules)
+
+    rate_ok = limits.sample_rate_min_hz <= info.sample_rate_hz <= limits.sample_rate_max_hz
+    rules.append(_rule(p, "sample_rate", rate_ok, info.sample_rate_hz,
+                       f"{limits.sample_rate_min_hz}-{limits.sample_rate_max_hz}",
+                       f"{info.sample_rate_hz} Hz {'within' if rate_ok else 'outside'} "
+                       f"{limits.sample_rate_min_hz}-{limits.sample_rate_max_hz} Hz"))
+    ch_ok = info.channels <= limits.channels_max
+    rules.append(_rule(p, "channels_max", ch_ok, info.channels, limits.channels_max,
+                       f"{info.channels} {'<=' if ch_ok else '>'} {limits.channels_max}"))
+
+    stats = _StatsAccumulator(info.channels)
+    decode_failure: InvalidAudioError | None = None
+    try:
+        for block in iter_blocks(p, timeout_s=limits.decode_timeout_s):
+            stats.process(block)
+    except DecodeTimeoutError as err:
+        decode_failure = err
+    except InvalidAudioError as err:
+        decode_failure = err
+    if decode_failure is not None:
+        rules.append(RuleResult(rule=decode_failure.rule or "decodable", passed=False,
+                                message=str(decode_failure)))
+    else:
+        rules.append(_rule(p, "decodable", True, None, None, "decoded to the end"))
+
+    duration = stats.samples / info.sample_rate_hz
+    rules.append(_rule(p, "duration_min", duration >= limits.duration_min_s, round(duration, 6),
+                       limits.duration_min_s, f"{duration:.6g} s {'>=' if duration >= limits.duration_min_s else '<'} "
+                       f"{limits.duration_min_s:g} s"))
+    rules.append(_rule(p, "duration_max", duration <= limits.duration_max_s, round(duration, 6),
+                       limits.duration_max_s, f"{duration:.1f} s {'<=' if duration <= limits.duration_max_s else '>'} "
+                       f"{limits.duration_max_s:g} s"))
+    rules.append(_rule(p, "finite_samples", stats.nonfinite == 0, stats.nonfinite, 0,
+                       f"{stats.nonfinite} NaN/inf samples"))
+    peak_db = amplitude_to_db(stats.peak)
+    silent = stats.samples > 0 and peak_db <= limits.silence_peak_dbfs
+    rules.append(_rule(p, "not_silent", not silent, peak_db if math.isfinite(peak_db) else "-inf",
+                       limits.silence_peak_dbfs,
+                       f"sample peak {peak_db:.1f} dBFS {'<=' if silent else '>'} {limits.silence_peak_dbfs:g} dBFS"
+                       + (" (digital silence)" if silent else "")))
+    total = stats.samples * info.channels
+    clipped_ratio = stats.clipped / total if total else 0.0
+    clip_ok = clipped_ratio <= limits.clipping_ratio_max
+    rules.append(_rule(p, "clipping_ratio_max", clip_ok, round(clipped_ratio, 6), limits.clipping_ratio_max,
+                       f"{clipped_ratio:.4f} of samples in full-scale runs {'<=' if clip_ok else '>'} "
+                       f"{limits.clipping_ratio_max:g}"))
+    if info.integrity_issue is not None:
+        rules.append(_rule(p, "declared_duration", False, info.integrity_issue, "whole stream",
+                           f"truncated: {info.integrity_issue}"
+                           + (f" (declares {info.declared_duration_s:.3f} s, decoded {duration:.3f} s)"
+                              if info.declared_duration_s is not None else "")))
+    elif info.declared_duration_s is not None:
+        gap = abs(info.declared_duration_s - duration)
+        ok = gap <= limits.declared_duration_tolerance_s
+        rules.append(_rule(p, "declared_duration", ok, round(gap, 6), limits.declared_duration_tolerance_s,
+                           f"declared {info.declared_duration_s:.3f} s, decoded {duration:.3f} s "
+                           f"(difference {gap:.3f} s {'<=' if ok else '>'} {limits.declared_duration_tolerance_s:g} s)"))
+    signal = SignalStats(decoded_samples=stats.samples, decoded_duration_s=duration,
+                         sample_peak_dbfs=peak_db, nonfinite_samples=stats.nonfinite,
+                         clipped_ratio=clipped_ratio)
+    return ValidationReport(path=str(p), passed=all(r.passed for r in rules), rules=rules,
+                            probe=info, stats=signal)
