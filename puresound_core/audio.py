@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
@@ -534,6 +534,17 @@ def _tags_for(codec: str, tags: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def _quantize(block: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Round to the nearest ``bit_depth`` integer step and clip to full scale.
+
+    FFmpeg's float -> s32 path truncates the low bits of 24-bit output; rounding here first
+    makes 16- and 24-bit output round-to-nearest (error <= 1/2 LSB) and exact for sources
+    that were already at that depth (int -> float32 -> int is lossless).
+    """
+    scale = float(2 ** (bit_depth - 1))
+    return (np.clip(np.round(block * scale), -scale, scale - 1) / scale).astype(np.float32)
+
+
 def encode_blocks(
     blocks: Iterable[np.ndarray],
     path: str | os.PathLike,
@@ -573,8 +584,9 @@ def encode_blocks(
         encoder_name = "pcm_s24le"
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
+    # A unique name beside the target (same filesystem, so the rename is atomic); created by
+    # the muxer with the process umask, unlike mkstemp's 0600.
+    tmp_name = str(target.parent / f".{target.name}.{uuid.uuid4().hex}.part")
     layout = "mono" if settings.channels == 1 else "stereo"
     samples_in = 0
     try:
@@ -600,6 +612,8 @@ def encode_blocks(
                                         f"got block of shape {block.shape}")
                 if block.shape[1] == 0:
                     continue
+                if settings.lossless:
+                    block = _quantize(block, settings.bit_depth)
                 frame = av.AudioFrame.from_ndarray(
                     np.ascontiguousarray(block, dtype=np.float32), format="fltp", layout=layout)
                 frame.sample_rate = settings.sample_rate_hz

@@ -1,0 +1,52 @@
+"""Shared fixtures: seeded synthetic signals written to tmp_path, and the shared corpus."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+
+
+def sine(level_dbfs: float, duration_s: float, sample_rate_hz: int, *, freq_hz: float = 1000.0,
+         channels: int = 2, phase_rad: float = 0.0) -> np.ndarray:
+    """A sine of peak level ``level_dbfs`` as (channels, samples) float32 (pedalboard-style)."""
+    n = int(round(duration_s * sample_rate_hz))
+    t = np.arange(n) / sample_rate_hz
+    wave = 10 ** (level_dbfs / 20) * np.sin(2 * np.pi * freq_hz * t + phase_rad)
+    return np.tile(wave, (channels, 1)).astype(np.float32)
+
+
+def pink_noise(duration_s: float, sample_rate_hz: int, *, channels: int = 2, level_dbfs: float = -20.0,
+               seed: int = 0) -> np.ndarray:
+    """Seeded pink (1/f power, 20 Hz up) noise with RMS ``level_dbfs``, as (channels, samples) float32."""
+    rng = np.random.default_rng(seed)
+    n = int(round(duration_s * sample_rate_hz))
+    spectrum = np.fft.rfft(rng.standard_normal((channels, n)), axis=1)
+    freqs = np.fft.rfftfreq(n, 1 / sample_rate_hz)
+    spectrum[:, 1:] /= np.sqrt(freqs[1:])
+    spectrum[:, freqs < 20.0] = 0  # audio band only: no sub-sonic drift
+    noise = np.fft.irfft(spectrum, n=n, axis=1)
+    noise *= 10 ** (level_dbfs / 20) / np.sqrt(np.mean(noise**2))
+    return noise.astype(np.float32)
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate_hz: int, subtype: str = "PCM_16",
+              fmt: str = "WAV") -> Path:
+    sf.write(str(path), audio.T, sample_rate_hz, subtype=subtype, format=fmt)
+    return path
+
+
+@pytest.fixture
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"shared corpus not found at {CORPUS} (it sits beside the repository as ../shared/corpus)")
+    return CORPUS
+
+
+def db(value: float) -> float:
+    return 20 * math.log10(value)

@@ -1,0 +1,63 @@
+"""True peak (ITU-R BS.1770-4 Annex 2) against EBU Tech 3341 cases 15-19."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from puresound_core.true_peak import TruePeakMeter, true_peak_dbtp
+from tests.conftest import sine
+
+# Tech 3341 (2016) cases 15-19: (fs / divisor) sine, peak amplitude, phase (deg) -> dBTP.
+CASES = {
+    15: (4, 0.50, 0.0, -6.0),
+    16: (4, 0.50, 45.0, -6.0),
+    17: (6, 0.50, 60.0, -6.0),
+    18: (8, 0.50, 67.5, -6.0),
+    19: (4, 1.41, 45.0, 3.0),
+}
+
+
+def _case_signal(case: int, sample_rate_hz: int) -> np.ndarray:
+    divisor, amplitude, phase_deg, _ = CASES[case]
+    audio = sine(20 * math.log10(amplitude), 3.0, sample_rate_hz, freq_hz=sample_rate_hz / divisor,
+                 phase_rad=math.radians(phase_deg))
+    # 20 ms raised-cosine fades: a tone switched on at full level is broadband, and its onset
+    # alone has inter-sample overshoot that is not the steady-state peak the case measures.
+    fade = int(0.02 * sample_rate_hz)
+    ramp = (0.5 - 0.5 * np.cos(np.linspace(0, np.pi, fade))).astype(np.float32)
+    audio[:, :fade] *= ramp
+    audio[:, -fade:] *= ramp[::-1]
+    return audio
+
+
+@pytest.mark.parametrize("sample_rate_hz", [44100, 48000])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tech_3341_true_peak_cases_15_to_19(case, sample_rate_hz):
+    expected = CASES[case][3]
+    measured = true_peak_dbtp(_case_signal(case, sample_rate_hz))
+    assert expected - 0.4 <= measured <= expected + 0.2
+
+
+def test_inter_sample_peak_exceeds_sample_peak():
+    audio = _case_signal(19, 48000)
+    sample_peak = 20 * math.log10(np.abs(audio).max())
+    assert sample_peak == pytest.approx(0.0, abs=0.05)  # 1.41 x sin(45 deg) = 0.997
+    assert true_peak_dbtp(audio) > sample_peak + 2.5
+
+
+def test_streaming_equals_one_shot_and_state_survives_block_borders():
+    audio = _case_signal(16, 48000)
+    meter = TruePeakMeter(2)
+    for start in range(0, audio.shape[1], 777):
+        meter.process(audio[:, start:start + 777])
+    assert 20 * math.log10(meter.true_peak) == pytest.approx(true_peak_dbtp(audio), abs=1e-6)
+
+
+def test_quiet_blocks_after_the_peak_are_pruned_without_changing_the_result():
+    loud = _case_signal(19, 48000)
+    quiet = loud * 0.01
+    both = np.concatenate([loud, quiet], axis=1)
+    assert true_peak_dbtp(both) == pytest.approx(true_peak_dbtp(loud), abs=1e-6)
