@@ -1,0 +1,1 @@
+"""Schedules, triggers and serve entry points for the preset flows (issue 4)."""

@@ -1,0 +1,1 @@
+"""One Prefect flow per preset, plus the batch / ingest flow (issue 3)."""

@@ -1,0 +1,1 @@
+"""Pure Sound application layer: the ``puresound`` command line."""
