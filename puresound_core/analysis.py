@@ -28,7 +28,6 @@ every segment is silent.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Literal
 
@@ -388,16 +387,3 @@ def analyze_file(path, *, timeout_s: float | None = None, silence_threshold_dbfs
                             silence_threshold_dbfs=silence_threshold_dbfs)
     return report.model_copy(update={"probe": info})
 
-
-def is_finite_level(value: float | None) -> bool:
-    """True when a level is a finite number (not ``None``, ``-inf`` or NaN).
-
-    Parameters
-    ----------
-    value : float or None
-
-    Returns
-    -------
-    bool
-    """
-    return value is not None and math.isfinite(value)

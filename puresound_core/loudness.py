@@ -402,19 +402,3 @@ def integrated_loudness(audio: np.ndarray, *, sample_rate_hz: int) -> float:
         return -math.inf
     return report.integrated_lufs
 
-
-def gain_to_target_db(measured_lufs: float, target_lufs: float) -> float:
-    """Linear gain that moves a programme from its measured to a target loudness.
-
-    Parameters
-    ----------
-    measured_lufs, target_lufs : float
-
-    Returns
-    -------
-    float
-        Gain in dB (a +x dB gain moves integrated loudness by +x LU exactly: BS.1770 is
-        linear in signal energy).
-    """
-    return float(target_lufs - measured_lufs)
-

@@ -318,7 +318,8 @@ def render_rendition(
     trim_silence : bool
         Cut leading / trailing silence found by analysis, keeping ``trim_keep_s`` of it.
     tags : mapping, optional
-        Source tags to carry over (title, artist, album, date).
+        Tags to carry over (title, artist, album, date); defaults to the source's own
+        (``analysis.probe.tags``).
 
     Returns
     -------
@@ -368,7 +369,9 @@ def render_rendition(
     if needs_limiter and target.target_lufs is not None:
         plan = _compensate_limiter_loss(source, src_rate, plan, target)
 
-    carried = {k: v for k, v in (tags or {}).items() if k in ("title", "artist", "album", "date")}
+    if tags is None:
+        tags = analysis.probe.tags if analysis.probe is not None else {}
+    carried = {k: v for k, v in tags.items() if k in ("title", "artist", "album", "date")}
     retry_reason = None
     for attempt in (1, 2):
         expected_tp = min(pre.true_peak_dbtp + gain_db, plan.ceiling_dbtp or math.inf)

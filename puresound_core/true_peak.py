@@ -64,9 +64,10 @@ def oversampled_envelope(audio_with_history: np.ndarray) -> np.ndarray:
     Returns
     -------
     np.ndarray [shape=(channels, n)], float32
-        For output sample ``i``, the maximum of ``|x[i]|`` and the four interpolated values
-        between input samples ``i-1`` and ``i`` (group delay of the filter compensated only
-        to within the 12-tap window: use it for peak levels, not for sample alignment).
+        For output sample ``i``: the maximum of ``|x[i]|`` and the four interpolated values of
+        the 12-sample window ending at ``i``. The filter's group delay is 5.5 samples, so
+        those values are reconstructed peaks lying between samples ``i - 6`` and ``i - 5``;
+        a peak seen at ``i`` lies within ``[i - 6, i]``.
 
     References
     ----------

@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .audio import ProbeResult, iter_blocks, probe
-from .errors import DecodeTimeoutError, InvalidAudioError
+from .errors import InvalidAudioError
 from .true_peak import amplitude_to_db
 
 #: |sample| at or above this is full scale for the clipping rule (-0.0087 dBFS: above the
@@ -237,9 +237,7 @@ def validate_file(path: str | os.PathLike, limits: ValidationLimits | None = Non
     try:
         for block in iter_blocks(p, timeout_s=limits.decode_timeout_s):
             stats.process(block)
-    except DecodeTimeoutError as err:
-        decode_failure = err
-    except InvalidAudioError as err:
+    except InvalidAudioError as err:  # includes DecodeTimeoutError (rule decode_timeout)
         decode_failure = err
     if decode_failure is not None:
         rules.append(RuleResult(rule=decode_failure.rule or "decodable", passed=False,

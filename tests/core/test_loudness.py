@@ -52,26 +52,24 @@ def test_tech_3341_case_6_five_channels(sample_rate_hz):
     assert integrated_loudness(audio, sample_rate_hz=sample_rate_hz) == pytest.approx(-23.0, abs=0.1)
 
 
-@pytest.mark.parametrize("sample_rate_hz", RATES)
-def test_tech_3341_case_9_short_term_constant(sample_rate_hz):
-    # 20 x (1.34 s at -20 dBFS + 1.66 s at -30 dBFS): S = -23.0 +-0.1 LUFS after 3 s.
-    audio = np.concatenate([_sequence(sample_rate_hz, (-20, 1.34), (-30, 1.66)) for _ in range(20)], axis=1)
-    meter = LoudnessMeter(sample_rate_hz=sample_rate_hz, channels=2)
-    meter.process(audio)
-    short_term = meter.short_term_lufs()
-    assert short_term.size > 500
-    assert np.all(np.abs(short_term + 23.0) <= 0.1)
+# Tech 3341 case 9: 20 x (1.34 s at -20 dBFS + 1.66 s at -30 dBFS): S = -23.0 +-0.1 LUFS after 3 s.
+# Tech 3341 case 12: 25 x (0.18 s at -20 dBFS + 0.22 s at -30 dBFS): M = -23.0 +-0.1 LUFS after 0.4 s.
+SLIDING_WINDOW_CASES = {
+    9: ([(-20, 1.34), (-30, 1.66)], 20, "short_term_lufs", 500),
+    12: ([(-20, 0.18), (-30, 0.22)], 25, "momentary_lufs", 90),
+}
 
 
 @pytest.mark.parametrize("sample_rate_hz", RATES)
-def test_tech_3341_case_12_momentary_constant(sample_rate_hz):
-    # 25 x (0.18 s at -20 dBFS + 0.22 s at -30 dBFS): M = -23.0 +-0.1 LUFS after 0.4 s.
-    audio = np.concatenate([_sequence(sample_rate_hz, (-20, 0.18), (-30, 0.22)) for _ in range(25)], axis=1)
+@pytest.mark.parametrize("case", sorted(SLIDING_WINDOW_CASES))
+def test_tech_3341_cases_9_and_12_sliding_loudness_is_constant(case, sample_rate_hz):
+    period, repeats, series, min_windows = SLIDING_WINDOW_CASES[case]
+    audio = np.concatenate([_sequence(sample_rate_hz, *period) for _ in range(repeats)], axis=1)
     meter = LoudnessMeter(sample_rate_hz=sample_rate_hz, channels=2)
     meter.process(audio)
-    momentary = meter.momentary_lufs()
-    assert momentary.size > 90
-    assert np.all(np.abs(momentary + 23.0) <= 0.1)
+    values = getattr(meter, series)()
+    assert values.size > min_windows
+    assert np.all(np.abs(values + 23.0) <= 0.1)
 
 
 # EBU Tech 3342 (2016) cases 1-4: stereo 1 kHz sine sequences; expected LRA +-1 LU.

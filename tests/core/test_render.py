@@ -9,7 +9,7 @@ import pyloudnorm
 import pytest
 
 from puresound_core.analysis import analyze_file
-from puresound_core.audio import EncoderSettings, decode, probe
+from puresound_core.audio import EncoderSettings, decode, encode_blocks, probe
 from puresound_core.render import LoudnessTarget, decoded_sha256, render_rendition, verify_rendition
 from puresound_core.true_peak import true_peak_dbtp
 from tests.conftest import pink_noise, sine, write_wav
@@ -116,3 +116,14 @@ def test_lossless_rendition_is_bit_exact(tmp_path):
     render_rendition(path, out, settings=EncoderSettings(codec="flac", sample_rate_hz=44100, channels=2),
                      target=LoudnessTarget(target_lufs=None, ceiling_dbtp=None), analysis=analysis)
     assert decoded_sha256(out) == decoded_sha256(path)
+
+
+def test_source_tags_are_carried_over_by_default(tmp_path):
+    source = tmp_path / "tagged.flac"
+    encode_blocks([sine(-18, 3, 44100)], source, settings=EncoderSettings(codec="flac", sample_rate_hz=44100),
+                  tags={"title": "Morning News", "artist": "Newsroom", "album": "Daily", "date": "2026"})
+    out = tmp_path / "tagged.mp3"
+    render_rendition(source, out, settings=EncoderSettings(codec="mp3", bitrate_kbps=128, sample_rate_hz=44100),
+                     target=LoudnessTarget(target_lufs=-16.0), analysis=analyze_file(source))
+    tags = probe(out).tags
+    assert (tags["title"], tags["artist"], tags["album"], tags["date"]) == ("Morning News", "Newsroom", "Daily", "2026")
