@@ -57,5 +57,9 @@ class StorageError(PureSoundError):
     """Reading from or writing to storage failed."""
 
 
+class PresetError(PureSoundError):
+    """A preset file or definition is invalid; the message names the file and the field path."""
+
+
 class ComplianceError(PureSoundError):
     """An encoded rendition does not meet its loudness / true-peak / format targets."""

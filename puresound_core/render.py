@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .analysis import AnalysisReport
+from .analysis import AnalysisReport, ContentAnalyzer
 from .audio import EncodeResult, EncoderSettings, encode_blocks, iter_blocks, probe
 from .loudness import LoudnessMeter, LoudnessReport
 from .processing import ProcessingPlan, ProcessingStats, process_blocks
@@ -53,6 +53,12 @@ class LoudnessTarget(BaseModel):
         Largest accepted |measured - target|.
     ceiling_dbtp : float or None
         Largest accepted true peak; ``None`` for no ceiling.
+    target_rms_dbfs : float or None
+        Normalise unweighted RMS instead of loudness (ACX); exclusive with ``target_lufs``.
+    rms_range_dbfs : (float, float) or None
+        Accepted RMS range.
+    sample_peak_max_dbfs, noise_floor_max_dbfs : float or None
+        Largest accepted sample peak / noise floor (5th percentile of 50 ms RMS).
 
     References
     ----------
@@ -65,6 +71,16 @@ class LoudnessTarget(BaseModel):
     target_lufs: float | None = Field(default=None, le=0)
     tolerance_lu: float = Field(default=1.0, gt=0)
     ceiling_dbtp: float | None = Field(default=-1.0, le=0)
+    target_rms_dbfs: float | None = Field(default=None, le=0)
+    rms_range_dbfs: tuple[float, float] | None = None
+    sample_peak_max_dbfs: float | None = Field(default=None, le=0)
+    noise_floor_max_dbfs: float | None = Field(default=None, le=0)
+
+    @model_validator(mode="after")
+    def _one_level_target(self) -> LoudnessTarget:
+        if self.target_lufs is not None and self.target_rms_dbfs is not None:
+            raise ValueError("set target_lufs or target_rms_dbfs, not both")
+        return self
 
 
 class VerificationCheck(BaseModel):
@@ -73,7 +89,8 @@ class VerificationCheck(BaseModel):
     Attributes
     ----------
     check : str
-        ``integrated_loudness``, ``true_peak``, ``duration``, ``channels``, ``sample_rate``.
+        ``integrated_loudness``, ``true_peak``, ``rms``, ``sample_peak``, ``noise_floor``,
+        ``duration``, ``channels``, ``sample_rate``.
     passed : bool
     measured, expected : float or str or None
     message : str
@@ -184,9 +201,14 @@ def verify_rendition(
     p = Path(path)
     info = probe(p)
     meter = LoudnessMeter(sample_rate_hz=info.sample_rate_hz, channels=info.channels, layout=info.channel_layout)
+    content = (ContentAnalyzer(sample_rate_hz=info.sample_rate_hz, channels=info.channels)
+               if target.noise_floor_max_dbfs is not None else None)
     for block in iter_blocks(p):
         meter.process(block)
+        if content is not None:
+            content.process(block)
     loudness = meter.report()
+    noise_floor_dbfs = content.report().noise_floor_dbfs if content is not None else None
     checks: list[VerificationCheck] = []
     if target.target_lufs is not None:
         measured = loudness.integrated_lufs
@@ -201,6 +223,28 @@ def verify_rendition(
         checks.append(VerificationCheck(
             check="true_peak", passed=ok, measured=tp if math.isfinite(tp) else None, expected=target.ceiling_dbtp,
             message=f"{p.name}: true peak {tp:.2f} dBTP {'<=' if ok else '>'} ceiling {target.ceiling_dbtp:.1f} dBTP"))
+    if target.rms_range_dbfs is not None:
+        low, high = target.rms_range_dbfs
+        ok = low <= loudness.rms_dbfs <= high
+        checks.append(VerificationCheck(
+            check="rms", passed=ok, measured=loudness.rms_dbfs if math.isfinite(loudness.rms_dbfs) else None,
+            expected=f"{low:g} to {high:g}",
+            message=f"{p.name}: RMS {loudness.rms_dbfs:.2f} dBFS {'within' if ok else 'outside'} {low:g} to {high:g} dBFS"))
+    if target.sample_peak_max_dbfs is not None:
+        ok = loudness.sample_peak_dbfs <= target.sample_peak_max_dbfs
+        checks.append(VerificationCheck(
+            check="sample_peak", passed=ok,
+            measured=loudness.sample_peak_dbfs if math.isfinite(loudness.sample_peak_dbfs) else None,
+            expected=target.sample_peak_max_dbfs,
+            message=f"{p.name}: sample peak {loudness.sample_peak_dbfs:.2f} dBFS "
+                    f"{'<=' if ok else '>'} {target.sample_peak_max_dbfs:g} dBFS"))
+    if noise_floor_dbfs is not None or target.noise_floor_max_dbfs is not None:
+        floor = noise_floor_dbfs
+        ok = floor is None or floor <= target.noise_floor_max_dbfs
+        checks.append(VerificationCheck(
+            check="noise_floor", passed=ok, measured=floor, expected=target.noise_floor_max_dbfs,
+            message=f"{p.name}: noise floor {_fmt(floor, 'dBFS')} {'<=' if ok else '>'} "
+                    f"{target.noise_floor_max_dbfs:g} dBFS"))
     gap = abs(loudness.duration_s - expected_duration_s)
     checks.append(VerificationCheck(
         check="duration", passed=gap <= duration_tolerance_s, measured=loudness.duration_s,
@@ -282,6 +326,12 @@ def _retry_plan(plan: ProcessingPlan, verification: VerificationReport, *, setti
         update["gain_db"] = plan.gain_db + miss
         reasons.append(f"{settings.codec} encode measured {float(loudness.measured):.2f} LUFS against "
                        f"{target.target_lufs:.1f} LUFS: gain corrected by {miss:+.2f} dB")
+    rms = failed.get("rms")
+    if rms is not None and rms.measured is not None and target.target_rms_dbfs is not None:
+        miss = target.target_rms_dbfs - float(rms.measured)
+        update["gain_db"] = update.get("gain_db", plan.gain_db) + miss
+        reasons.append(f"{settings.codec} encode measured RMS {float(rms.measured):.2f} dBFS against "
+                       f"{target.target_rms_dbfs:.1f} dBFS: gain corrected by {miss:+.2f} dB")
     if not update:
         return plan, None
     if "ceiling_dbtp" not in update and plan.ceiling_dbtp is None and target.ceiling_dbtp is not None:
@@ -362,6 +412,8 @@ def render_rendition(
     gain_db = 0.0
     if target.target_lufs is not None and pre.integrated_lufs is not None:
         gain_db = target.target_lufs - pre.integrated_lufs
+    elif target.target_rms_dbfs is not None and math.isfinite(pre.rms_dbfs):
+        gain_db = target.target_rms_dbfs - pre.rms_dbfs
     expected_duration_s = (analysis.loudness.duration_s * src_rate - trim_start - trim_end) / src_rate
     ceiling = target.ceiling_dbtp
     needs_limiter = ceiling is not None and pre.true_peak_dbtp + gain_db > ceiling

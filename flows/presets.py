@@ -1,0 +1,293 @@
+"""Preset flows: one Prefect flow per preset, and the batch flow they share.
+
+For every input file: fingerprint -> validate -> analyse -> render + encode each rendition
+-> verify -> store -> record lineage. Files run in parallel up to ``workers``; a file
+rejected by validation is an expected outcome (recorded with its rules, skipped); an
+unexpected error on one file does not stop the others, and the flow run then ends Failed
+naming those files.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import av
+from prefect import flow, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel
+
+import puresound_core
+from puresound_core.audio import FFMPEG_VERSION
+from puresound_core.lineage import LineageStore
+from puresound_core.presets import Preset, load_presets
+from puresound_core.storage import LocalStorage, sha256_file
+from puresound.settings import PureSoundSettings
+from tasks.audio import CODE_VERSION, analyze, fingerprint, render_cached, validate
+from tasks.publish import record_lineage, source_uri, store_rendition_as_asset, store_report
+
+Verdict = Literal["published", "rejected", "failed"]
+
+#: In-process hook the CLI sets to drive its progress bar: ``fn(done, total, outcome)``.
+progress_listener = None
+_SKIP_SUFFIXES = {".md", ".txt", ".tsv", ".json", ".yaml", ".yml", ".part"}
+
+
+class RenditionSummary(BaseModel):
+    """One rendition in a source's outcome."""
+
+    name: str
+    uri: str | None
+    sha256: str | None
+    size_bytes: int | None
+    codec: dict
+    integrated_lufs: float | None
+    true_peak_dbtp: float | None
+    verified: bool
+    attempts: int
+    retry_reason: str | None
+    limiter_active: bool
+    max_gain_reduction_db: float
+    failed_checks: list[str]
+
+
+class SourceOutcome(BaseModel):
+    """What happened to one input file."""
+
+    path: str
+    sha256: str | None = None
+    verdict: Verdict
+    reason: str = ""
+    failed_rules: list[str] = []
+    integrated_lufs_in: float | None = None
+    true_peak_dbtp_in: float | None = None
+    content_class: str | None = None
+    renditions: list[RenditionSummary] = []
+    warnings: list[str] = []
+    seconds: float = 0.0
+
+
+class BatchReport(BaseModel):
+    """Every input of a run with its verdict and reason."""
+
+    preset: str
+    preset_version: str
+    flow_run_id: str | None
+    started_at: str
+    finished_at: str
+    counts: dict[str, int]
+    sources: list[SourceOutcome]
+
+
+def expand_sources(paths: list[str]) -> list[str]:
+    """Files named directly plus every non-hidden file under named folders, sorted, deduplicated.
+
+    Parameters
+    ----------
+    paths : list of str
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    FileNotFoundError
+        If a path does not exist.
+    """
+    found: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(str(p) for p in sorted(path.rglob("*")) if p.is_file()
+                         and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                         and p.suffix.lower() not in _SKIP_SUFFIXES)
+        elif path.is_file():
+            found.append(str(path))
+        else:
+            raise FileNotFoundError(f"{raw}: no such file or folder")
+    return list(dict.fromkeys(found))
+
+
+def _stem(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem)[:80] or "source"
+
+
+def _room_tone_warnings(preset: Preset, analysis) -> list[str]:
+    if preset.room_tone is None:
+        return []
+    content = analysis.content
+    warnings = []
+    for label, measured, (low, high) in (("head", content.leading_silence_s, preset.room_tone.head_s),
+                                         ("tail", content.trailing_silence_s, preset.room_tone.tail_s)):
+        if not low <= measured <= high:
+            warnings.append(f"{label} room tone {measured:.2f} s outside {low:g}-{high:g} s")
+    return warnings
+
+
+@task(name="process-source")
+def process_source(path: str, preset: Preset, output_dir: str, work_dir: str, database_url: str,
+                   run_id: int) -> SourceOutcome:
+    """One file through the preset: the per-file pipeline, each step a task."""
+    started = time.perf_counter()
+    sha256 = fingerprint(path)
+    folder = f"{preset.name}/{preset.output_naming.format(stem=_stem(path), sha8=sha256[:8])}"
+    src_uri = source_uri(path)
+    validation = validate(path, sha256, preset.validation)
+    source_row = {"sha256": sha256, "uri": src_uri, "size_bytes": Path(path).stat().st_size,
+                  "probe": validation.probe.model_dump(mode="json") if validation.probe else {}}
+    report = {"source": {"path": path, "uri": src_uri, "sha256": sha256}, "preset": preset.name,
+              "preset_version": preset.version, "code_version": CODE_VERSION,
+              "validation": validation.model_dump(mode="json")}
+    if not validation.passed:
+        outcome = SourceOutcome(path=path, sha256=sha256, verdict="rejected", failed_rules=validation.failed_rules,
+                                reason="; ".join(r.message for r in validation.failures))
+        store_report({**report, "outcome": outcome.model_dump(mode="json")}, f"{folder}/report.json", output_dir)
+        record_lineage(database_url, source=source_row, analysis=None, renditions=[], run_id=run_id,
+                       code_version=CODE_VERSION)
+        return outcome.model_copy(update={"seconds": time.perf_counter() - started})
+
+    analysis = analyze(path, sha256)
+    results = [render_cached(path, sha256, preset, rendition, analysis, work_dir) for rendition in preset.renditions]
+    verified = all(r.verification.passed for r in results)
+    summaries: list[RenditionSummary] = []
+    lineage_rows: list[dict] = []
+    for rendition, result in zip(preset.renditions, results, strict=True):
+        stored = None
+        if verified:  # publish a source's renditions only as a complete, compliant set
+            key = f"{folder}/{rendition.name}.{rendition.encoder.extension}"
+            stored = store_rendition_as_asset(result.path, key, output_dir, sha256_file(result.path),
+                                              src_uri, sha256)
+        loudness = result.verification.loudness
+        summaries.append(RenditionSummary(
+            name=rendition.name, uri=stored.uri if stored else None, sha256=stored.sha256 if stored else None,
+            size_bytes=stored.size_bytes if stored else None, codec=result.settings.model_dump(mode="json"),
+            integrated_lufs=loudness.integrated_lufs, true_peak_dbtp=loudness.true_peak_dbtp,
+            verified=result.verification.passed, attempts=result.attempts, retry_reason=result.retry_reason,
+            limiter_active=result.processing.limiter_active,
+            max_gain_reduction_db=result.processing.max_gain_reduction_db,
+            failed_checks=[c.message for c in result.verification.failures]))
+        if stored is not None:
+            lineage_rows.append({
+                "source_sha256": sha256, "preset_name": preset.name, "preset_version": preset.version,
+                "rendition_name": rendition.name, "uri": stored.uri, "sha256": stored.sha256,
+                "size_bytes": stored.size_bytes, "codec_json": result.settings.model_dump_json(),
+                "integrated_lufs": loudness.integrated_lufs, "true_peak_dbtp": loudness.true_peak_dbtp,
+                "lra_lu": loudness.lra_lu, "verdict": "published", "attempts": result.attempts})
+    failed_checks = [m for s in summaries for m in s.failed_checks]
+    outcome = SourceOutcome(
+        path=path, sha256=sha256, verdict="published" if verified else "failed",
+        reason="" if verified else "not published: " + "; ".join(failed_checks),
+        integrated_lufs_in=analysis.loudness.integrated_lufs, true_peak_dbtp_in=analysis.loudness.true_peak_dbtp,
+        content_class=analysis.content.content_class, renditions=summaries,
+        warnings=_room_tone_warnings(preset, analysis) + [s.retry_reason for s in summaries if s.retry_reason])
+    store_report({**report, "analysis": analysis.model_dump(mode="json"),
+                  "renditions": [r.model_dump(mode="json") for r in results],
+                  "outcome": outcome.model_dump(mode="json")}, f"{folder}/report.json", output_dir)
+    record_lineage(database_url, source=source_row, analysis=analysis.model_dump(mode="json"),
+                   renditions=lineage_rows, run_id=run_id, code_version=CODE_VERSION)
+    return outcome.model_copy(update={"seconds": time.perf_counter() - started})
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _summary_rows(outcomes: list[SourceOutcome]) -> list[dict]:
+    rows = []
+    for o in outcomes:
+        rows.append({
+            "file": Path(o.path).name, "verdict": o.verdict, "reason": o.reason[:300],
+            "LUFS in": _fmt(o.integrated_lufs_in), "dBTP in": _fmt(o.true_peak_dbtp_in),
+            "LUFS out": ", ".join(_fmt(r.integrated_lufs) for r in o.renditions),
+            "dBTP out": ", ".join(_fmt(r.true_peak_dbtp) for r in o.renditions),
+            "renditions": ", ".join(r.name for r in o.renditions if r.uri),
+            "sizes kB": ", ".join(f"{r.size_bytes / 1000:.0f}" for r in o.renditions if r.size_bytes),
+        })
+    return rows
+
+
+def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None):
+    """Body of every preset flow (see module docstring); call it inside a flow run.
+
+    Returns a Completed state, or a Failed one naming the files that failed; either carries
+    the :class:`BatchReport` as its data.
+    """
+    settings = PureSoundSettings()
+    output = str(Path(output_dir or settings.output_dir).resolve())
+    work_dir = str(settings.state_dir.resolve())
+    database_url = settings.lineage_url
+    files = expand_sources(sources)
+    started_at = datetime.now(UTC).isoformat()
+    lineage = LineageStore(database_url)
+    run_id = lineage.start_run(
+        flow_run_id=str(flow_run.id or "local"), preset_name=preset.name, preset_version=preset.version,
+        preset_fingerprint=preset.fingerprint, package_version=puresound_core.__version__,
+        pyav_version=av.__version__, ffmpeg_version=FFMPEG_VERSION)
+    progress_id = create_progress_artifact(progress=0.0, description=f"{preset.name}: 0 of {len(files)} files")
+    futures = {process_source.submit(path, preset, output, work_dir, database_url, run_id): path for path in files}
+    outcomes: dict[str, SourceOutcome] = {}
+    for done, future in enumerate(as_completed(list(futures)), start=1):
+        path = futures[future]
+        try:
+            outcomes[path] = future.result()
+        except Exception as err:  # one bad file never sinks the batch
+            outcomes[path] = SourceOutcome(path=path, verdict="failed", reason=f"{type(err).__name__}: {err}")
+        update_progress_artifact(progress_id, progress=100.0 * done / max(len(files), 1),
+                                 description=f"{preset.name}: {done} of {len(files)} files")
+        if progress_listener is not None:
+            progress_listener(done, len(files), outcomes[path])
+    ordered = [outcomes[p] for p in files]
+    counts = {v: sum(o.verdict == v for o in ordered) for v in ("published", "rejected", "failed")}
+    report = BatchReport(preset=preset.name, preset_version=preset.version, flow_run_id=str(flow_run.id or ""),
+                         started_at=started_at, finished_at=datetime.now(UTC).isoformat(), counts=counts,
+                         sources=ordered)
+    storage = LocalStorage(output)
+    payload = report.model_dump_json(indent=2).encode()
+    storage.put_bytes(payload, f"{preset.name}/report.json")
+    storage.put_bytes(payload, f"{preset.name}/runs/{report.flow_run_id or 'local'}.json")
+    create_table_artifact(table=_summary_rows(ordered), key=f"{preset.name}-summary",
+                          description=(f"{preset.name} v{preset.version}: {counts['published']} published, "
+                                       f"{counts['rejected']} rejected, {counts['failed']} failed"))
+    failed = [Path(o.path).name for o in ordered if o.verdict == "failed"]
+    lineage.finish_run(run_id, "failed" if failed else "completed")
+    if failed:
+        return Failed(message=f"{len(failed)} of {len(files)} files failed: {', '.join(failed)}", data=report)
+    return Completed(message=f"{counts['published']} published, {counts['rejected']} rejected", data=report)
+
+
+def preset_flow(preset: Preset, *, workers: int = 2):
+    """The Prefect flow of one preset, named after it.
+
+    Parameters
+    ----------
+    preset : Preset
+    workers : int
+        Files processed at once (thread pool).
+
+    Returns
+    -------
+    prefect.Flow
+        Parameters ``sources: list[str]`` and ``output_dir: str | None``.
+    """
+    def body(sources: list[str], output_dir: str | None = None):
+        return run_batch(preset, sources, output_dir)
+
+    body.__doc__ = f"{preset.description} ({preset.standard})"
+    return flow(name=preset.name, flow_run_name=f"{preset.name}-v{preset.version}",
+                task_runner=ThreadPoolTaskRunner(max_workers=workers), log_prints=True,
+                description=body.__doc__)(body)
+
+
+@flow(name="puresound-batch")
+def batch(preset: str, sources: list[str], output_dir: str | None = None):
+    """Run any preset (built-in or YAML) over files and folders."""
+    presets = load_presets(PureSoundSettings().presets_dir)
+    return run_batch(presets[preset], sources, output_dir)

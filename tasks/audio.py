@@ -1,0 +1,138 @@
+"""Audio tasks: fingerprint, validate, analyse, render. Thin wrappers of puresound_core.
+
+Cache keys are the content SHA-256 plus what changes the output (limits, preset
+fingerprint and version, rendition, code version), never paths. DSP is deterministic, so
+these tasks have no retries; results are persisted so a re-run does no audio work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import av
+from prefect import task
+from prefect.context import TaskRunContext
+
+import puresound_core
+from puresound_core.analysis import AnalysisReport, analyze_file
+from puresound_core.audio import FFMPEG_VERSION, ProbeResult
+from puresound_core.presets import Preset, Rendition
+from puresound_core.render import RenditionResult, VerificationCheck, decoded_sha256, render_rendition
+from puresound_core.storage import sha256_file
+from puresound_core.validation import ValidationLimits, ValidationReport, validate_file
+
+#: Enters every cache key and lineage row: a new engine or FFmpeg re-renders.
+CODE_VERSION = f"puresound-core {puresound_core.__version__}; PyAV {av.__version__}; libavcodec {FFMPEG_VERSION}"
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _validate_key(_: TaskRunContext, p: dict) -> str:
+    return _digest("validate", p["sha256"], p["limits"].model_dump_json(), CODE_VERSION)
+
+
+def _analyze_key(_: TaskRunContext, p: dict) -> str:
+    return _digest("analyze", p["sha256"], CODE_VERSION)
+
+
+def rendition_work_path(work_dir: str, sha256: str, preset: Preset, rendition: Rendition) -> Path:
+    """Content-addressed place of a rendered file in the work area.
+
+    Parameters
+    ----------
+    work_dir : str
+    sha256 : str
+    preset : Preset
+    rendition : Rendition
+
+    Returns
+    -------
+    Path
+        ``{work_dir}/renders/{sha256[:2]}/{sha256}/{preset}-{version}-{fingerprint}/{rendition}.{ext}``
+    """
+    folder = f"{preset.name}-{preset.version}-{preset.fingerprint}"
+    return (Path(work_dir) / "renders" / sha256[:2] / sha256 / folder
+            / f"{rendition.name}.{rendition.encoder.extension}")
+
+
+def _render_key(_: TaskRunContext, p: dict) -> str:
+    return _digest("render", p["sha256"], p["preset"].name, p["preset"].version, p["preset"].fingerprint,
+                   p["rendition"].name, CODE_VERSION)
+
+
+@task(name="fingerprint")
+def fingerprint(path: str) -> str:
+    """SHA-256 of a source file's bytes (the identity every cache key starts from)."""
+    return sha256_file(path)
+
+
+@task(name="validate", cache_key_fn=_validate_key, persist_result=True)
+def validate(path: str, sha256: str, limits: ValidationLimits) -> ValidationReport:
+    """Every validation rule of the preset, on one file (:func:`puresound_core.validation.validate_file`)."""
+    return validate_file(path, limits)
+
+
+@task(name="analyze", cache_key_fn=_analyze_key, persist_result=True)
+def analyze(path: str, sha256: str) -> AnalysisReport:
+    """Loudness, LRA, true peak and content features (:func:`puresound_core.analysis.analyze_file`)."""
+    return analyze_file(path)
+
+
+def resolve_encoder(rendition: Rendition, probe: ProbeResult):
+    """The rendition's encoder settings, with the source's format where ``source_format`` asks.
+
+    Parameters
+    ----------
+    rendition : Rendition
+    probe : ProbeResult
+
+    Returns
+    -------
+    EncoderSettings
+    """
+    if not rendition.source_format:
+        return rendition.encoder
+    depth = 16 if (probe.bit_depth or 24) <= 16 else 24
+    return rendition.encoder.model_copy(update={
+        "sample_rate_hz": probe.sample_rate_hz, "channels": probe.channels, "bit_depth": depth})
+
+
+@task(name="render-rendition", cache_key_fn=_render_key, persist_result=True)
+def render(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
+           work_dir: str) -> RenditionResult:
+    """Render, encode and verify one rendition into the work area (:func:`render_rendition`).
+
+    A cached result points at its file in the work area; :func:`render_cached` renders again
+    when that file has been removed since.
+
+    For lossless archive presets the decoded samples must hash like the source's, else
+    the verification carries a failed ``bit_exact`` check.
+    """
+    out = rendition_work_path(work_dir, sha256, preset, rendition)
+    result = render_rendition(
+        path, out, settings=resolve_encoder(rendition, analysis.probe), target=preset.loudness, analysis=analysis,
+        highpass_hz=preset.processing.highpass_hz, trim_silence=preset.processing.trim_silence,
+        trim_keep_s=preset.processing.trim_keep_s)
+    if preset.lossless_archive:
+        source_hash, output_hash = decoded_sha256(path), decoded_sha256(out)
+        exact = source_hash == output_hash
+        check = VerificationCheck(
+            check="bit_exact", passed=exact, measured=output_hash[:16], expected=source_hash[:16],
+            message=f"{out.name}: decoded samples {'match' if exact else 'differ from'} the source "
+                    f"(sha256 {output_hash[:12]} vs {source_hash[:12]})")
+        verification = result.verification.model_copy(update={
+            "checks": [*result.verification.checks, check], "passed": result.verification.passed and exact})
+        result = result.model_copy(update={"verification": verification})
+    return result
+
+
+def render_cached(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
+                  work_dir: str) -> RenditionResult:
+    """:func:`render`, refreshing the cache when the cached result's file no longer exists."""
+    result = render(path, sha256, preset, rendition, analysis, work_dir)
+    if not Path(result.path).exists():
+        result = render.with_options(refresh_cache=True)(path, sha256, preset, rendition, analysis, work_dir)
+    return result
