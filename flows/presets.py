@@ -200,11 +200,13 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
-def _summary_rows(outcomes: list[SourceOutcome]) -> list[dict]:
+def summary_rows(outcomes: list[SourceOutcome]) -> list[dict]:
+    """Rows of the summary table artifact and the CLI table."""
     rows = []
     for o in outcomes:
         rows.append({
-            "file": Path(o.path).name, "verdict": o.verdict, "reason": o.reason[:300],
+            "file": Path(o.path).name, "verdict": o.verdict,
+            "reason": ", ".join(o.failed_rules) if o.verdict == "rejected" else o.reason[:300],
             "LUFS in": _fmt(o.integrated_lufs_in), "dBTP in": _fmt(o.true_peak_dbtp_in),
             "LUFS out": ", ".join(_fmt(r.integrated_lufs) for r in o.renditions),
             "dBTP out": ", ".join(_fmt(r.true_peak_dbtp) for r in o.renditions),
@@ -253,7 +255,7 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None)
     payload = report.model_dump_json(indent=2).encode()
     storage.put_bytes(payload, f"{preset.name}/report.json")
     storage.put_bytes(payload, f"{preset.name}/runs/{report.flow_run_id or 'local'}.json")
-    create_table_artifact(table=_summary_rows(ordered), key=f"{preset.name}-summary",
+    create_table_artifact(table=summary_rows(ordered), key=f"{preset.name}-summary",
                           description=(f"{preset.name} v{preset.version}: {counts['published']} published, "
                                        f"{counts['rejected']} rejected, {counts['failed']} failed"))
     failed = [Path(o.path).name for o in ordered if o.verdict == "failed"]

@@ -1,24 +1,35 @@
 """``puresound`` command line (typer + rich).
 
-``puresound analyze PATHS... [--json]`` validates and analyses files or folders with the
-domain engine (:mod:`puresound_core`): loudness (BS.1770-4), LRA (EBU Tech 3342), true peak,
-content class. A rejected file is an expected outcome with its rules, never a crash.
+* ``puresound run PRESET PATHS... [--output DIR] [--workers N]``: the preset's Prefect flow
+  over files and folders; exit 0 when every file was published or rejected with a reason,
+  1 when any file failed or any rendition failed verification, 2 on usage errors.
+* ``puresound analyze PATHS... [--json]``: validation and analysis only, no Prefect.
+* ``puresound presets [NAME]``, ``puresound lineage PATH_OR_SHA256``.
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary local server (SQLite); with it, runs
+go to that server and show in its UI.
 """
 
 from __future__ import annotations
 
-import json
+import os
+
+# Offline-friendly, quiet defaults for the temporary server; an explicit setting wins.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import json  # noqa: E402
 import math
-from pathlib import Path
-from typing import Annotated
+from pathlib import Path  # noqa: E402
+from typing import Annotated  # noqa: E402
 
-import typer
-from rich.console import Console
-from rich.table import Table
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
 
-from puresound_core.analysis import analyze_file
-from puresound_core.errors import PureSoundError
-from puresound_core.validation import validate_file
+from puresound_core.analysis import analyze_file  # noqa: E402
+from puresound_core.errors import PureSoundError  # noqa: E402
+from puresound_core.validation import validate_file  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Pure Sound: loudness-compliant audio renditions, by preset.")
@@ -100,6 +111,120 @@ def analyze(
                       *(("-" if row[k] is None else f"{row[k]:.1f}") for k in ("integrated_lufs", "true_peak_dbtp", "lra_lu")),
                       row["content_class"] or "-", "; ".join(row["failed_rules"]) or "")
     console.print(table)
+
+
+def _settings():
+    from puresound.settings import PureSoundSettings
+
+    return PureSoundSettings()
+
+
+def _load_presets():
+    from puresound_core.errors import PresetError
+    from puresound_core.presets import load_presets
+
+    try:
+        return load_presets(_settings().presets_dir)
+    except PresetError as err:
+        console.print(f"[red]preset error:[/red] {err}")
+        raise typer.Exit(2) from err
+
+
+@app.command()
+def run(
+    preset: Annotated[str, typer.Argument(help="Preset name (see `puresound presets`).")],
+    paths: Annotated[list[Path], typer.Argument(help="Audio files or folders.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (PURESOUND_OUTPUT_DIR).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, max=32, help="Files at once.")] = None,
+) -> None:
+    """Run a preset's flow: validate, analyse, render, verify, store, record lineage."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import flows.presets as preset_flows
+
+    presets = _load_presets()
+    if preset not in presets:
+        console.print(f"[red]unknown preset {preset!r}[/red]; known: {', '.join(sorted(presets))}")
+        raise typer.Exit(2)
+    for path in paths:
+        if not path.exists():
+            raise typer.BadParameter(f"{path}: no such file or folder")
+    settings = _settings()
+    out_dir = output or settings.output_dir
+    flow_fn = preset_flows.preset_flow(presets[preset], workers=workers or settings.workers)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        bar = progress.add_task(preset, total=None)
+
+        def listener(done: int, total: int, outcome) -> None:
+            progress.update(bar, completed=done, total=total,
+                            description=f"{preset}: {Path(outcome.path).name} {outcome.verdict}")
+
+        preset_flows.progress_listener = listener
+        try:
+            state = flow_fn(sources=[str(p) for p in paths], output_dir=str(out_dir), return_state=True)
+        finally:
+            preset_flows.progress_listener = None
+    report = state.result(raise_on_failure=False)
+    if not isinstance(report, preset_flows.BatchReport):
+        console.print(f"[red]flow run failed:[/red] {state.message or report}")
+        raise typer.Exit(1)
+    table = Table(title=f"{preset} v{report.preset_version}: {report.counts}")
+    for column in ("file", "verdict", "LUFS in", "LUFS out", "dBTP out", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in preset_flows.summary_rows(report.sources):
+        table.add_row(row["file"], row["verdict"], row["LUFS in"], row["LUFS out"], row["dBTP out"], row["reason"])
+    console.print(table)
+    console.print(f"outputs and report.json under {Path(out_dir).resolve() / preset}")
+    raise typer.Exit(1 if report.counts["failed"] else 0)
+
+
+@app.command()
+def presets(name: Annotated[str | None, typer.Argument(help="Show one preset in full.")] = None) -> None:
+    """List presets, or show one as JSON."""
+    known = _load_presets()
+    if name is not None:
+        if name not in known:
+            console.print(f"[red]unknown preset {name!r}[/red]; known: {', '.join(sorted(known))}")
+            raise typer.Exit(2)
+        typer.echo(known[name].model_dump_json(indent=2))
+        return
+    table = Table(title="presets")
+    for column in ("name", "version", "target", "true peak", "renditions"):
+        table.add_column(column, overflow="fold")
+    for p in known.values():
+        target = (f"{p.loudness.target_lufs:g} LUFS +-{p.loudness.tolerance_lu:g}" if p.loudness.target_lufs is not None
+                  else f"RMS {p.loudness.target_rms_dbfs:g} dBFS" if p.loudness.target_rms_dbfs is not None else "-")
+        ceiling = "-" if p.loudness.ceiling_dbtp is None else f"{p.loudness.ceiling_dbtp:g} dBTP"
+        table.add_row(p.name, p.version, target, ceiling, ", ".join(r.name for r in p.renditions))
+    console.print(table)
+
+
+@app.command()
+def lineage(query: Annotated[str, typer.Argument(help="A file path, a file:// or s3:// URI, or a SHA-256.")],
+            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show where a source went, or where a rendition came from."""
+    from puresound_core.lineage import LineageStore
+    from puresound_core.storage import sha256_file
+
+    store = LineageStore(_settings().lineage_url)
+    path = Path(query)
+    chain = store.chain(sha256_file(path)) if path.is_file() else store.chain(query)
+    if as_json:
+        typer.echo(chain.model_dump_json(indent=2))
+        return
+    if chain.matched == "none":
+        console.print(f"no lineage for {query}")
+        raise typer.Exit(1)
+    source = chain.source
+    console.print(f"[bold]source[/bold] sha256 {source['sha256']}  ({source['size_bytes']} bytes)")
+    for location in source["locations"]:
+        console.print(f"  seen at {location}")
+    for r in chain.renditions:
+        marker = "  <- this file" if r["matched"] else ""
+        console.print(f"  -> [{r['verdict']}] {r['preset']} v{r['preset_version']} {r['rendition']}: {r['uri']} "
+                      f"({_finite(r['integrated_lufs'])} LUFS, {_finite(r['true_peak_dbtp'])} dBTP; run "
+                      f"{r['flow_run_id']}, FFmpeg {r['ffmpeg_version']}){marker}")
 
 
 @app.callback()

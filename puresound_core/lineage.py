@@ -231,10 +231,16 @@ class LineageStore:
             session.commit()
 
     def record_rendition(self, **fields: Any) -> None:
-        """Insert a rendition row."""
+        """Insert a rendition row, unless the same content is already recorded at the same URI.
+
+        A re-run that republishes identical bytes keeps the lineage of the run that made them.
+        """
         with Session(self.engine) as session:
-            session.add(RenditionRow(**fields))
-            session.commit()
+            exists = session.exec(select(RenditionRow).where(
+                RenditionRow.uri == fields["uri"], RenditionRow.sha256 == fields["sha256"])).first()
+            if exists is None:
+                session.add(RenditionRow(**fields))
+                session.commit()
 
     def published(self, *, sha256: str, preset_name: str, preset_version: str) -> bool:
         """True when a run of this preset version published this content."""

@@ -11,7 +11,9 @@
 3. verify (:func:`verify_rendition`): decode the file and re-measure it;
 4. when a lossy encode misses (true peak over the ceiling, or loudness off target because
    the codec's low-pass took energy away), render once more with the ceiling lowered by the
-   overshoot plus a margin and / or the gain corrected by the miss, and say so in the result.
+   overshoot plus a margin and / or the gain corrected by the miss (and the limiter's
+   loudness loss won back), and say so in the result; a third attempt is made only when
+   the second still misses.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ REPLAYGAIN_REFERENCE_LUFS = -18.0
 R128_REFERENCE_LUFS = -23.0
 #: Processing-only passes that add back the loudness a limiter took off.
 COMPENSATION_PASSES = 3
+#: Renders of one rendition at most: the first, then retries while a lossy encode misses.
+#: Usually one retry suffices; heavily limited material through a low-bitrate codec can
+#: overshoot more as the limiter works harder, so a third attempt is allowed.
+MAX_ATTEMPTS = 3
 
 
 class LoudnessTarget(BaseModel):
@@ -143,8 +149,9 @@ class RenditionResult(BaseModel):
     encode : EncodeResult
     verification : VerificationReport
     attempts : int
-        1, or 2 when a lossy encode missed a target and was rendered again.
+        1 to :data:`MAX_ATTEMPTS`; more than 1 when a lossy encode missed a target.
     retry_reason : str or None
+        What each retry changed and why.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -282,19 +289,20 @@ def _rendered_loudness(source, src_rate: int, plan: ProcessingPlan) -> float | N
     return meter.report().integrated_lufs
 
 
-def _compensate_limiter_loss(source, src_rate: int, plan: ProcessingPlan, target: LoudnessTarget) -> ProcessingPlan:
+def _compensate_limiter_loss(source, src_rate: int, plan: ProcessingPlan, target: LoudnessTarget, *,
+                             within_lu: float) -> ProcessingPlan:
     """Raise the gain by what the limiter took off, until the rendered loudness is on target.
 
     Peak limiting lowers integrated loudness; each pass re-measures the limited signal and
     adds the shortfall to the gain (at most :data:`COMPENSATION_PASSES` passes, stopping
-    within a quarter of the tolerance). Only processing runs here, no encoding.
+    within ``within_lu``). Only processing runs here, no encoding.
     """
     for _ in range(COMPENSATION_PASSES):
         rendered = _rendered_loudness(source, src_rate, plan)
         if rendered is None:
             break
         shortfall = target.target_lufs - rendered
-        if abs(shortfall) <= target.tolerance_lu / 4:
+        if abs(shortfall) <= within_lu:
             break
         plan = plan.model_copy(update={"gain_db": plan.gain_db + shortfall})
     return plan
@@ -375,7 +383,7 @@ def render_rendition(
     -------
     RenditionResult
         ``verification.passed`` is False when the rendition misses a target after the
-        retry; the caller decides whether to publish it.
+        retries; the caller decides whether to publish it.
 
     Raises
     ------
@@ -419,13 +427,13 @@ def render_rendition(
     needs_limiter = ceiling is not None and pre.true_peak_dbtp + gain_db > ceiling
     plan = base.model_copy(update={"gain_db": gain_db, "ceiling_dbtp": ceiling if needs_limiter else None})
     if needs_limiter and target.target_lufs is not None:
-        plan = _compensate_limiter_loss(source, src_rate, plan, target)
+        plan = _compensate_limiter_loss(source, src_rate, plan, target, within_lu=target.tolerance_lu / 4)
 
     if tags is None:
         tags = analysis.probe.tags if analysis.probe is not None else {}
     carried = {k: v for k, v in tags.items() if k in ("title", "artist", "album", "date")}
-    retry_reason = None
-    for attempt in (1, 2):
+    reasons: list[str] = []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
         expected_tp = min(pre.true_peak_dbtp + gain_db, plan.ceiling_dbtp or math.inf)
         all_tags = {**carried, **_gain_tags(settings, target.target_lufs if pre.integrated_lufs is not None
                                             else None, expected_tp)}
@@ -435,14 +443,18 @@ def render_rendition(
                                 out_path, settings=settings, tags=all_tags)
         verification = verify_rendition(out_path, settings=settings, target=target,
                                         expected_duration_s=expected_duration_s)
-        if attempt == 2 or settings.lossless:
+        if attempt == MAX_ATTEMPTS or settings.lossless or verification.passed:
             break
-        plan, retry_reason = _retry_plan(plan, verification, settings=settings, target=target)
-        if retry_reason is None:
+        plan, reason = _retry_plan(plan, verification, settings=settings, target=target)
+        if reason is None:
             break
+        reasons.append(f"attempt {attempt}: {reason}")
+        if plan.ceiling_dbtp is not None and target.target_lufs is not None:
+            # More limiting takes loudness off again: win it back, to within half the tolerance.
+            plan = _compensate_limiter_loss(source, src_rate, plan, target, within_lu=target.tolerance_lu / 2)
     return RenditionResult(path=str(out_path), settings=settings, plan=plan, processing=stats[0],
                            encode=encoded, verification=verification, attempts=attempt,
-                           retry_reason=retry_reason)
+                           retry_reason="; ".join(reasons) or None)
 
 
 def decoded_sha256(path: str | os.PathLike) -> str:
