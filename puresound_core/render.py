@@ -3,8 +3,8 @@
 :func:`render_rendition` is the whole path from a source file to a checked rendition:
 
 1. plan: gain to the loudness target, measured on the signal the chain will actually
-   deliver (after trim, down-mix, high-pass and resampling: all linear, so a gain of
-   x dB moves it by exactly x LU); the limiter is enabled only when that gain would push
+   deliver (after trim, down-mix and high-pass: all linear, so a gain of x dB moves it by
+   exactly x LU); the limiter is enabled only when that gain would push
    the true peak over the ceiling, and then the gain is raised by what limiting took off
    (re-measured, processing only, up to three passes);
 2. render and encode in one streaming pass (bounded memory);
@@ -407,13 +407,15 @@ def render_rendition(
             trim_start = trim_end = 0
     base = ProcessingPlan(output_sample_rate_hz=settings.sample_rate_hz, output_channels=settings.channels,
                           highpass_hz=highpass_hz, trim_start_samples=trim_start, trim_end_samples=trim_end)
-    identity = (highpass_hz is None and not trim_start and not trim_end
-                and settings.channels == analysis.loudness.channels and settings.sample_rate_hz == src_rate)
-    if identity:
+    # Loudness before gain, measured at the source rate: resampling changes it only by what
+    # lies above the new Nyquist frequency, negligible after K-weighting; a true-peak rise
+    # from resampling is caught by verification, whose retry switches the limiter on.
+    if highpass_hz is None and not trim_start and not trim_end and settings.channels == analysis.loudness.channels:
         pre = analysis.loudness
     else:
-        meter = LoudnessMeter(sample_rate_hz=settings.sample_rate_hz, channels=settings.channels)
-        for block in process_blocks(iter_blocks(source), sample_rate_hz=src_rate, plan=base):
+        meter = LoudnessMeter(sample_rate_hz=src_rate, channels=settings.channels)
+        at_source_rate = base.model_copy(update={"output_sample_rate_hz": src_rate})
+        for block in process_blocks(iter_blocks(source), sample_rate_hz=src_rate, plan=at_source_rate):
             meter.process(block)
         pre = meter.report()
 
