@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,26 @@ def test_lineage_from_rendition_back_to_source_and_forward(puresound_env):
     assert forward["matched"] == "source"
     assert [(r["preset"], r["rendition"]) for r in forward["renditions"]] == [("voice", "opus-32k-mono")]
     assert forward["renditions"][0]["flow_run_id"] == _batch(out, "voice")["flow_run_id"]
+    # The orchestrator recorded the same lineage as an asset materialisation event.
+    source_uri = (EXAMPLES / "en-US_espeak-ng_news-bulletin.flac").resolve().as_uri()
+    event = _wait_for_materialization(rendition.resolve().as_uri())
+    assert source_uri in [r.id for r in event.related]
+
+
+def _wait_for_materialization(asset_uri: str, timeout_s: float = 30.0):
+    """Poll the events API until the materialisation event arrives (events are sent asynchronously)."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    event_filter = EventFilter(event=EventNameFilter(name=["prefect.asset.materialization.succeeded"]),
+                               resource=EventResourceFilter(id=[asset_uri]))
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            page = client.read_events(filter=event_filter, limit=50)  # the client default (100) exceeds the server max (50)
+            if page.events:
+                return page.events[0]
+            time.sleep(0.5)
+    raise AssertionError(f"no materialization event for {asset_uri} within {timeout_s} s")
 
 
 def test_unknown_preset_and_missing_path_are_usage_errors(puresound_env):
