@@ -59,11 +59,11 @@ print(json.dumps({"seconds": time.perf_counter() - t0}))
 
 FLOW_RUN = r'''
 import json, sys, time
-from flows.presets import preset_flow
+from flows.presets import RunRequest, preset_flow
 from puresound_core.presets import BUILTIN_PRESETS
 flow_fn = preset_flow(BUILTIN_PRESETS["podcast"], workers=2)
 t0 = time.perf_counter()
-state = flow_fn(sources=sys.argv[2:], output_dir=sys.argv[1], return_state=True)
+state = flow_fn(request=RunRequest(sources=sys.argv[2:], output_dir=sys.argv[1]), return_state=True)
 print(json.dumps({"seconds": time.perf_counter() - t0, "state": state.type.value}))
 '''
 
@@ -106,9 +106,9 @@ def main() -> None:
         server_start_s = time.perf_counter() - t0
         served = {**base_env, "PREFECT_API_URL": f"http://127.0.0.1:{PORT}/api",
                   "PURESOUND_STATE_DIR": str(root / "state-flow")}
+        (root / "state-plain").mkdir()
         plain = _child(PLAIN_LOOP, [str(root / "out-plain"), str(root / "state-plain"), *sources],
                        {**base_env, "PURESOUND_STATE_DIR": str(root / "state-plain")})
-        (root / "state-plain").mkdir(exist_ok=True)
         first = _child(FLOW_RUN, [str(root / "out-flow"), *sources], served)
         second = _child(FLOW_RUN, [str(root / "out-flow"), *sources], served)
         ephemeral_env = {k: v for k, v in base_env.items() if k != "PREFECT_API_URL"}

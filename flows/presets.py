@@ -22,16 +22,16 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 import puresound_core
 from puresound_core.audio import FFMPEG_VERSION
 from puresound_core.lineage import LineageStore
 from puresound_core.presets import Preset, load_presets
-from puresound_core.storage import LocalStorage, sha256_file
-from puresound.settings import PureSoundSettings
+from puresound_core.storage import sha256_file
+from puresound.settings import PureSoundSettings, open_storage
 from tasks.audio import CODE_VERSION, analyze, fingerprint, render_cached, validate
-from tasks.publish import record_lineage, source_uri, store_rendition_as_asset, store_report
+from tasks.publish import fetch_source, record_lineage, store_rendition_as_asset, store_report
 
 Verdict = Literal["published", "rejected", "failed"]
 
@@ -84,6 +84,41 @@ class BatchReport(BaseModel):
     finished_at: str
     counts: dict[str, int]
     sources: list[SourceOutcome]
+    skipped: list[str] = []
+
+
+class SourceRef(BaseModel):
+    """One input: a local file or an S3 object.
+
+    Attributes
+    ----------
+    uri : str
+        ``file:///...`` or ``s3://bucket/key``.
+    path : str or None
+        Local path of a file source.
+    size_bytes : int
+    etag : str or None
+        S3 ETag, or ``"{size}-{mtime_ns}"`` for a local file: what lets a re-run skip a known
+        source without reading it.
+    problem : str or None
+        Why the (untrusted) key is refused; such a source is rejected without a download.
+    """
+
+    uri: str
+    path: str | None = None
+    size_bytes: int = 0
+    etag: str | None = None
+    problem: str | None = None
+
+    @property
+    def display(self) -> str:
+        """str: the local path, or the URI."""
+        return self.path or self.uri
+
+    @property
+    def name(self) -> str:
+        """str: last path segment."""
+        return self.display.rstrip("/").rsplit("/", 1)[-1]
 
 
 def expand_sources(paths: list[str]) -> list[str]:
@@ -116,6 +151,45 @@ def expand_sources(paths: list[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def list_sources(locations: list[str]) -> list[SourceRef]:
+    """Inputs from local files / folders and ``s3://bucket/prefix`` locations.
+
+    Parameters
+    ----------
+    locations : list of str
+
+    Returns
+    -------
+    list of SourceRef
+        S3 keys that fail :func:`untrusted_key_problem` are listed with their ``problem``.
+
+    Raises
+    ------
+    FileNotFoundError
+        For a local path that does not exist.
+    StorageError
+        When an S3 listing fails after retries.
+    """
+    from puresound.settings import s3_client
+    from puresound_core.storage.s3 import S3Storage, parse_s3_uri, untrusted_key_problem
+
+    refs: list[SourceRef] = []
+    local = [loc for loc in locations if not loc.startswith("s3://")]
+    for path in expand_sources(local):
+        stat = Path(path).stat()
+        refs.append(SourceRef(uri=Path(path).resolve().as_uri(), path=path, size_bytes=stat.st_size,
+                              etag=f"{stat.st_size}-{stat.st_mtime_ns}"))
+    for loc in (loc for loc in locations if loc.startswith("s3://")):
+        bucket, prefix = parse_s3_uri(loc)
+        storage = S3Storage(f"s3://{bucket}", client=s3_client())
+        for obj in storage.list_objects(prefix):
+            if obj.key.endswith("/") or Path(obj.key).suffix.lower() in _SKIP_SUFFIXES:
+                continue
+            refs.append(SourceRef(uri=obj.uri, size_bytes=obj.size_bytes, etag=obj.etag,
+                                  problem=untrusted_key_problem(obj.key)))
+    return list({r.uri: r for r in refs}.values())
+
+
 def _stem(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem)[:80] or "source"
 
@@ -133,21 +207,28 @@ def _room_tone_warnings(preset: Preset, analysis) -> list[str]:
 
 
 @task(name="process-source")
-def process_source(path: str, preset: Preset, output_dir: str, work_dir: str, database_url: str,
+def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir: str, database_url: str,
                    run_id: int) -> SourceOutcome:
-    """One file through the preset: the per-file pipeline, each step a task."""
+    """One input through the preset: the per-file pipeline, each step a task."""
     started = time.perf_counter()
-    sha256 = fingerprint(path)
-    folder = f"{preset.name}/{preset.output_naming.format(stem=_stem(path), sha8=sha256[:8])}"
-    src_uri = source_uri(path)
+    if source.problem is not None:
+        return SourceOutcome(path=source.display, verdict="rejected", failed_rules=["unsafe_key"],
+                             reason=f"{source.uri!r}: rule 'unsafe_key' failed: {source.problem}")
+    if source.path is None:
+        path, sha256 = fetch_source(source.uri, work_dir)
+    else:
+        path, sha256 = source.path, fingerprint(source.path)
+    folder = f"{preset.name}/{preset.output_naming.format(stem=_stem(source.name), sha8=sha256[:8])}"
+    src_uri = source.uri
     validation = validate(path, sha256, preset.validation)
-    source_row = {"sha256": sha256, "uri": src_uri, "size_bytes": Path(path).stat().st_size,
+    source_row = {"sha256": sha256, "uri": src_uri, "size_bytes": Path(path).stat().st_size, "etag": source.etag,
                   "probe": validation.probe.model_dump(mode="json") if validation.probe else {}}
-    report = {"source": {"path": path, "uri": src_uri, "sha256": sha256}, "preset": preset.name,
+    report = {"source": {"uri": src_uri, "sha256": sha256}, "preset": preset.name,
               "preset_version": preset.version, "code_version": CODE_VERSION,
               "validation": validation.model_dump(mode="json")}
     if not validation.passed:
-        outcome = SourceOutcome(path=path, sha256=sha256, verdict="rejected", failed_rules=validation.failed_rules,
+        outcome = SourceOutcome(path=source.display, sha256=sha256, verdict="rejected",
+                                failed_rules=validation.failed_rules,
                                 reason="; ".join(r.message for r in validation.failures))
         store_report({**report, "outcome": outcome.model_dump(mode="json")}, f"{folder}/report.json", output_dir)
         record_lineage(database_url, source=source_row, analysis=None, renditions=[], run_id=run_id,
@@ -183,7 +264,7 @@ def process_source(path: str, preset: Preset, output_dir: str, work_dir: str, da
                 "lra_lu": loudness.lra_lu, "verdict": "published", "attempts": result.attempts})
     failed_checks = [m for s in summaries for m in s.failed_checks]
     outcome = SourceOutcome(
-        path=path, sha256=sha256, verdict="published" if verified else "failed",
+        path=source.display, sha256=sha256, verdict="published" if verified else "failed",
         reason="" if verified else "not published: " + "; ".join(failed_checks),
         integrated_lufs_in=analysis.loudness.integrated_lufs, true_peak_dbtp_in=analysis.loudness.true_peak_dbtp,
         content_class=analysis.content.content_class, renditions=summaries,
@@ -216,53 +297,98 @@ def summary_rows(outcomes: list[SourceOutcome]) -> list[dict]:
     return rows
 
 
-def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None):
+def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None, *,
+              skip_published: bool = False):
     """Body of every preset flow (see module docstring); call it inside a flow run.
 
-    Returns a Completed state, or a Failed one naming the files that failed; either carries
-    the :class:`BatchReport` as its data.
+    Parameters
+    ----------
+    preset : Preset
+    sources : list of str
+        Local files / folders and ``s3://bucket/prefix`` locations.
+    output_dir : str, optional
+        Local folder or ``s3://bucket/prefix``; default ``PURESOUND_OUTPUT_DIR``.
+    skip_published : bool
+        Nightly ingestion: leave out sources that lineage shows as published by this preset
+        version, recognised by URI + ETag (S3) or URI + size + mtime (local) without reading
+        them; a local file seen under another name is recognised by its SHA-256.
+
+    Returns
+    -------
+    prefect.State
+        Completed, or Failed naming the files that failed; either carries the
+        :class:`BatchReport` as its data.
     """
     settings = PureSoundSettings()
-    output = str(Path(output_dir or settings.output_dir).resolve())
+    output = str(output_dir or settings.output_dir)
+    if not output.startswith("s3://"):
+        output = str(Path(output).resolve())
     work_dir = str(settings.state_dir.resolve())
     database_url = settings.lineage_url
-    files = expand_sources(sources)
-    started_at = datetime.now(UTC).isoformat()
     lineage = LineageStore(database_url)
+    refs = list_sources(sources)
+    skipped: list[SourceRef] = []
+    if skip_published:
+        todo = []
+        for ref in refs:
+            (skipped if _already_published(lineage, ref, preset) else todo).append(ref)
+        refs = todo
+    started_at = datetime.now(UTC).isoformat()
     run_id = lineage.start_run(
         flow_run_id=str(flow_run.id or "local"), preset_name=preset.name, preset_version=preset.version,
         preset_fingerprint=preset.fingerprint, package_version=puresound_core.__version__,
         pyav_version=av.__version__, ffmpeg_version=FFMPEG_VERSION)
-    progress_id = create_progress_artifact(progress=0.0, description=f"{preset.name}: 0 of {len(files)} files")
-    futures = {process_source.submit(path, preset, output, work_dir, database_url, run_id): path for path in files}
+    progress_id = create_progress_artifact(progress=0.0, description=f"{preset.name}: 0 of {len(refs)} files")
+    futures = {process_source.submit(ref, preset, output, work_dir, database_url, run_id): ref for ref in refs}
     outcomes: dict[str, SourceOutcome] = {}
     for done, future in enumerate(as_completed(list(futures)), start=1):
-        path = futures[future]
+        ref = futures[future]
         try:
-            outcomes[path] = future.result()
+            outcomes[ref.uri] = future.result()
         except Exception as err:  # one bad file never sinks the batch
-            outcomes[path] = SourceOutcome(path=path, verdict="failed", reason=f"{type(err).__name__}: {err}")
-        update_progress_artifact(progress_id, progress=100.0 * done / max(len(files), 1),
-                                 description=f"{preset.name}: {done} of {len(files)} files")
+            outcomes[ref.uri] = SourceOutcome(path=ref.display, verdict="failed", reason=f"{type(err).__name__}: {err}")
+        update_progress_artifact(progress_id, progress=100.0 * done / max(len(refs), 1),
+                                 description=f"{preset.name}: {done} of {len(refs)} files")
         if progress_listener is not None:
-            progress_listener(done, len(files), outcomes[path])
-    ordered = [outcomes[p] for p in files]
+            progress_listener(done, len(refs), outcomes[ref.uri])
+    ordered = [outcomes[r.uri] for r in refs]
     counts = {v: sum(o.verdict == v for o in ordered) for v in ("published", "rejected", "failed")}
+    counts["skipped"] = len(skipped)
+    counts["new"] = len(refs)
     report = BatchReport(preset=preset.name, preset_version=preset.version, flow_run_id=str(flow_run.id or ""),
                          started_at=started_at, finished_at=datetime.now(UTC).isoformat(), counts=counts,
-                         sources=ordered)
-    storage = LocalStorage(output)
+                         sources=ordered, skipped=[r.uri for r in skipped])
+    storage = open_storage(output, settings)
     payload = report.model_dump_json(indent=2).encode()
     storage.put_bytes(payload, f"{preset.name}/report.json")
     storage.put_bytes(payload, f"{preset.name}/runs/{report.flow_run_id or 'local'}.json")
     create_table_artifact(table=summary_rows(ordered), key=f"{preset.name}-summary",
-                          description=(f"{preset.name} v{preset.version}: {counts['published']} published, "
+                          description=(f"{preset.name} v{preset.version}: {counts['new']} new, "
+                                       f"{counts['skipped']} skipped, {counts['published']} published, "
                                        f"{counts['rejected']} rejected, {counts['failed']} failed"))
     failed = [Path(o.path).name for o in ordered if o.verdict == "failed"]
     lineage.finish_run(run_id, "failed" if failed else "completed")
     if failed:
-        return Failed(message=f"{len(failed)} of {len(files)} files failed: {', '.join(failed)}", data=report)
-    return Completed(message=f"{counts['published']} published, {counts['rejected']} rejected", data=report)
+        return Failed(message=f"{len(failed)} of {len(refs)} files failed: {', '.join(failed)}", data=report)
+    return Completed(message=f"{counts['published']} published, {counts['rejected']} rejected, "
+                             f"{counts['skipped']} skipped", data=report)
+
+
+def _already_published(lineage: LineageStore, ref: SourceRef, preset: Preset) -> bool:
+    """Known source at this URI with this ETag / size+mtime (or, locally, this content) and published."""
+    sha256 = lineage.known_location(uri=ref.uri, etag=ref.etag)
+    if sha256 is None and ref.path is not None:
+        sha256 = sha256_file(ref.path)  # in doubt: local bytes are cheap to hash, no download involved
+    return sha256 is not None and lineage.published(sha256=sha256, preset_name=preset.name,
+                                                    preset_version=preset.version)
+
+
+class RunRequest(BaseModel):
+    """What to process: the parameters of a preset flow (a form in the Prefect UI)."""
+
+    sources: list[str] = Field(min_length=1, description="Files, folders or s3://bucket/prefix locations")
+    output_dir: str | None = Field(default=None, description="Local folder or s3://bucket/prefix; "
+                                                             "default PURESOUND_OUTPUT_DIR")
 
 
 def preset_flow(preset: Preset, *, workers: int = 2):
@@ -277,19 +403,42 @@ def preset_flow(preset: Preset, *, workers: int = 2):
     Returns
     -------
     prefect.Flow
-        Parameters ``sources: list[str]`` and ``output_dir: str | None``.
+        One parameter, ``request: RunRequest``.
     """
-    def body(sources: list[str], output_dir: str | None = None):
-        return run_batch(preset, sources, output_dir)
+    def body(request: RunRequest):
+        return run_batch(preset, request.sources, request.output_dir)
 
     body.__doc__ = f"{preset.description} ({preset.standard})"
     return flow(name=preset.name, flow_run_name=f"{preset.name}-v{preset.version}",
-                task_runner=ThreadPoolTaskRunner(max_workers=workers), log_prints=True,
-                description=body.__doc__)(body)
+                task_runner=ThreadPoolTaskRunner(max_workers=workers), description=body.__doc__)(body)
+
+
+def ingest_flow(preset: Preset, *, workers: int = 2):
+    """The nightly ingestion flow of one preset, ``ingest-{preset}``.
+
+    Lists ``source`` (a local folder or ``s3://bucket/prefix``), skips what lineage shows as
+    published by this preset version without downloading it, processes the rest.
+
+    Parameters
+    ----------
+    preset : Preset
+    workers : int
+
+    Returns
+    -------
+    prefect.Flow
+        Parameters ``source: str`` and ``output_dir: str | None``.
+    """
+    def body(source: str, output_dir: str | None = None):
+        return run_batch(preset, [source], output_dir, skip_published=True)
+
+    body.__doc__ = f"Nightly ingestion for {preset.name}: new sources only."
+    return flow(name=f"ingest-{preset.name}", flow_run_name=f"ingest-{preset.name}-v{preset.version}",
+                task_runner=ThreadPoolTaskRunner(max_workers=workers), description=body.__doc__)(body)
 
 
 @flow(name="puresound-batch")
 def batch(preset: str, sources: list[str], output_dir: str | None = None):
-    """Run any preset (built-in or YAML) over files and folders."""
+    """Run any preset (built-in or YAML) over files, folders and S3 prefixes."""
     presets = load_presets(PureSoundSettings().presets_dir)
     return run_batch(presets[preset], sources, output_dir)

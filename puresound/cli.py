@@ -133,8 +133,9 @@ def _load_presets():
 @app.command()
 def run(
     preset: Annotated[str, typer.Argument(help="Preset name (see `puresound presets`).")],
-    paths: Annotated[list[Path], typer.Argument(help="Audio files or folders.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (PURESOUND_OUTPUT_DIR).")] = None,
+    paths: Annotated[list[str], typer.Argument(help="Audio files, folders or s3://bucket/prefix.")],
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Output folder or s3://bucket/prefix "
+                                                                     "(PURESOUND_OUTPUT_DIR).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, max=32, help="Files at once.")] = None,
 ) -> None:
     """Run a preset's flow: validate, analyse, render, verify, store, record lineage."""
@@ -147,10 +148,10 @@ def run(
         console.print(f"[red]unknown preset {preset!r}[/red]; known: {', '.join(sorted(presets))}")
         raise typer.Exit(2)
     for path in paths:
-        if not path.exists():
+        if not path.startswith("s3://") and not Path(path).exists():
             raise typer.BadParameter(f"{path}: no such file or folder")
     settings = _settings()
-    out_dir = output or settings.output_dir
+    out_dir = output or str(settings.output_dir)
     flow_fn = preset_flows.preset_flow(presets[preset], workers=workers or settings.workers)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -162,7 +163,8 @@ def run(
 
         preset_flows.progress_listener = listener
         try:
-            state = flow_fn(sources=[str(p) for p in paths], output_dir=str(out_dir), return_state=True)
+            request = preset_flows.RunRequest(sources=paths, output_dir=out_dir)
+            state = flow_fn(request=request, return_state=True)
         finally:
             preset_flows.progress_listener = None
     report = state.result(raise_on_failure=False)
@@ -175,7 +177,8 @@ def run(
     for row in preset_flows.summary_rows(report.sources):
         table.add_row(row["file"], row["verdict"], row["LUFS in"], row["LUFS out"], row["dBTP out"], row["reason"])
     console.print(table)
-    console.print(f"outputs and report.json under {Path(out_dir).resolve() / preset}")
+    where = f"{out_dir.rstrip('/')}/{preset}" if out_dir.startswith("s3://") else Path(out_dir).resolve() / preset
+    console.print(f"outputs and report.json under {where}")
     raise typer.Exit(1 if report.counts["failed"] else 0)
 
 

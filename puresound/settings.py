@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,13 @@ class PureSoundSettings(BaseSettings):
         Folder of user YAML presets (``PURESOUND_PRESETS_DIR``).
     workers : int
         Files processed at once.
+    s3_endpoint_url, s3_region : str or None
+        S3 endpoint (``PURESOUND_S3_ENDPOINT_URL``) and region; credentials always come from
+        the standard AWS chain and are never logged or written to reports.
+    s3_sse, s3_kms_key_id : str or None
+        Server-side encryption of written objects.
+    s3_max_attempts : int
+        Attempts per S3 request (botocore standard retries: backoff with jitter).
     """
 
     model_config = SettingsConfigDict(env_prefix="PURESOUND_", extra="ignore")
@@ -34,6 +42,11 @@ class PureSoundSettings(BaseSettings):
     database_url: str | None = Field(default=None, description="Lineage database URL (SQLAlchemy)")
     presets_dir: Path | None = Field(default=None, description="Folder of user YAML presets")
     workers: int = Field(default=2, ge=1, le=32, description="Files processed at once")
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph...); AWS when unset")
+    s3_region: str | None = Field(default=None, description="S3 region; the AWS chain's when unset")
+    s3_sse: Literal["AES256", "aws:kms"] | None = Field(default=None, description="Server-side encryption of outputs")
+    s3_kms_key_id: str | None = Field(default=None, description="KMS key for s3_sse='aws:kms'")
+    s3_max_attempts: int = Field(default=10, ge=1, le=50, description="Attempts per S3 request (retries with jitter)")
 
     @property
     def lineage_url(self) -> str:
@@ -42,3 +55,33 @@ class PureSoundSettings(BaseSettings):
             return self.database_url
         self.state_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{(self.state_dir / 'lineage.sqlite').resolve()}"
+
+
+def open_storage(target: str, settings: PureSoundSettings | None = None):
+    """The Storage for an output location: ``s3://bucket/prefix`` or a local folder.
+
+    Parameters
+    ----------
+    target : str
+    settings : PureSoundSettings, optional
+
+    Returns
+    -------
+    puresound_core.storage.Storage
+    """
+    from puresound_core.storage import LocalStorage
+    from puresound_core.storage.s3 import S3Storage
+
+    if target.startswith("s3://"):
+        settings = settings or PureSoundSettings()
+        return S3Storage(target, client=s3_client(settings), sse=settings.s3_sse, kms_key_id=settings.s3_kms_key_id)
+    return LocalStorage(target)
+
+
+def s3_client(settings: PureSoundSettings | None = None):
+    """A boto3 S3 client configured from settings (endpoint, region, retries)."""
+    from puresound_core.storage.s3 import make_s3_client
+
+    settings = settings or PureSoundSettings()
+    return make_s3_client(endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+                          max_attempts=settings.s3_max_attempts)

@@ -200,7 +200,7 @@ class LineageStore:
                 session.add(SourceLocationRow(uri=uri, sha256=sha256, size_bytes=size_bytes, etag=etag,
                                               version_id=version_id))
             else:
-                location.seen_at = _now()
+                location.seen_at, location.etag = _now(), etag or location.etag
                 session.add(location)
             session.commit()
 
@@ -241,6 +241,15 @@ class LineageStore:
             if exists is None:
                 session.add(RenditionRow(**fields))
                 session.commit()
+
+    def known_location(self, *, uri: str, etag: str | None) -> str | None:
+        """SHA-256 of the content last seen at ``uri`` with this ETag (or size+mtime), if any."""
+        if etag is None:
+            return None
+        with Session(self.engine) as session:
+            row = session.exec(select(SourceLocationRow).where(
+                SourceLocationRow.uri == uri, SourceLocationRow.etag == etag)).first()
+            return row.sha256 if row else None
 
     def published(self, *, sha256: str, preset_name: str, preset_version: str) -> bool:
         """True when a run of this preset version published this content."""

@@ -1,0 +1,326 @@
+"""S3 storage (AWS or any S3-compatible endpoint) through boto3.
+
+* Uploads are verified: single-part PUTs carry the SHA-256 as ``x-amz-checksum-sha256`` (the
+  server rejects a body that does not match); multipart uploads carry per-part SHA-256
+  checksums. The hex SHA-256 is also stored as object metadata (``sha256``), which is what
+  makes re-runs idempotent and what lineage records.
+* Transient errors (5xx, throttling, resets, timeouts) are retried by botocore's
+  ``standard`` mode: exponential backoff with full jitter, up to ``max_attempts``.
+* Keys from uploaders are untrusted: :func:`untrusted_key_problem` says why a key is
+  refused, and :func:`safe_local_name` is the only way a key becomes a local file name.
+* Nothing here deletes an object; sources are only read.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import unicodedata
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import StorageError
+from .base import StoredObject, check_key, sha256_file
+
+#: Objects larger than this go up in parts (multipart upload).
+MULTIPART_THRESHOLD_BYTES = 16 * 1024 * 1024
+MAX_KEY_BYTES = 1024
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/prefix`` into bucket and prefix (no leading slash).
+
+    Parameters
+    ----------
+    uri : str
+
+    Returns
+    -------
+    (str, str)
+
+    Raises
+    ------
+    StorageError
+        If ``uri`` is not an ``s3://`` URI with a bucket.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise StorageError(f"{uri!r} is not an s3://bucket/prefix URI")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def make_s3_client(*, endpoint_url: str | None = None, region_name: str | None = None, max_attempts: int = 10,
+                   connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0):
+    """A boto3 S3 client with retries (standard mode: backoff with jitter) and timeouts.
+
+    Parameters
+    ----------
+    endpoint_url : str, optional
+        S3-compatible endpoint (MinIO, Ceph, moto...); path-style addressing is used then.
+    region_name : str, optional
+    max_attempts : int
+        Total attempts per request, first included.
+    connect_timeout_s, read_timeout_s : float
+
+    Returns
+    -------
+    botocore.client.S3
+        Credentials come from the standard AWS chain (environment, profile, instance role).
+
+    References
+    ----------
+    botocore retries guide ("standard" mode); boto3 S3 client.
+    """
+    config = Config(retries={"max_attempts": max_attempts, "mode": "standard"},
+                    connect_timeout=connect_timeout_s, read_timeout=read_timeout_s,
+                    s3={"addressing_style": "path"} if endpoint_url else None,
+                    request_checksum_calculation="when_required", response_checksum_validation="when_required")
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region_name, config=config)
+
+
+def make_sqs_client(*, endpoint_url: str | None = None, region_name: str | None = None, max_attempts: int = 10):
+    """A boto3 SQS client with the same retry policy as :func:`make_s3_client`."""
+    config = Config(retries={"max_attempts": max_attempts, "mode": "standard"})
+    return boto3.client("sqs", endpoint_url=endpoint_url, region_name=region_name, config=config)
+
+
+def untrusted_key_problem(key: str) -> str | None:
+    """Why an uploader's object key must not be used, or ``None`` when it is acceptable.
+
+    Parameters
+    ----------
+    key : str
+
+    Returns
+    -------
+    str or None
+        E.g. ``"key contains a '..' segment"``.
+    """
+    if not key:
+        return "key is empty"
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"key is longer than {MAX_KEY_BYTES} bytes"
+    if "\0" in key:
+        return "key contains NUL"
+    if "\\" in key:
+        return "key contains a backslash"
+    if key.startswith("/"):
+        return "key is absolute (starts with '/')"
+    if any(part in (".", "..") for part in key.split("/")):
+        return "key contains a '.' or '..' segment"
+    if any(unicodedata.category(ch) == "Cc" for ch in key):
+        return "key contains control characters"
+    return None
+
+
+def safe_local_name(key: str) -> str:
+    """A local file name for an object key that can never leave its folder.
+
+    Parameters
+    ----------
+    key : str
+
+    Returns
+    -------
+    str
+        ``{sha256(key)[:16]}-{sanitised last segment}``: only ``[A-Za-z0-9._-]``, no leading dot.
+    """
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", key.rsplit("/", 1)[-1]).lstrip(".")[-80:] or "object"
+    return f"{digest}-{tail}"
+
+
+class S3Object(BaseModel):
+    """A listed object.
+
+    Attributes
+    ----------
+    key : str
+    size_bytes : int
+    etag : str
+        Without quotes.
+    uri : str
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    size_bytes: int
+    etag: str
+    uri: str
+
+
+class S3Storage:
+    """Publish into and read from ``s3://bucket/prefix``.
+
+    Parameters
+    ----------
+    uri : str
+        ``s3://bucket/prefix``.
+    client : botocore.client.S3
+        From :func:`make_s3_client`.
+    sse : {None, "AES256", "aws:kms"}
+        Server-side encryption of written objects.
+    kms_key_id : str, optional
+        With ``sse="aws:kms"``.
+    """
+
+    def __init__(self, uri: str, *, client, sse: str | None = None, kms_key_id: str | None = None):
+        self.bucket, prefix = parse_s3_uri(uri)
+        self.prefix = prefix.rstrip("/") + "/" if prefix else ""
+        self.client = client
+        self._extra: dict[str, str] = {}
+        if sse:
+            self._extra["ServerSideEncryption"] = sse
+            if kms_key_id:
+                self._extra["SSEKMSKeyId"] = kms_key_id
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def uri(self, key: str) -> str:
+        """``s3://bucket/prefix/key``."""
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _existing_sha256(self, full_key: str) -> str | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=full_key)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageError(f"s3://{self.bucket}/{full_key}: HEAD failed: {err}") from err
+        return head.get("Metadata", {}).get("sha256")
+
+    def put_file(self, local_path: str | os.PathLike, key: str, *, sha256: str | None = None) -> StoredObject:
+        """Upload a file (verified by SHA-256; skipped when an identical object exists).
+
+        Parameters
+        ----------
+        local_path : str or path-like
+        key : str
+            Relative to the storage prefix.
+        sha256 : str, optional
+
+        Returns
+        -------
+        StoredObject
+
+        Raises
+        ------
+        StorageError
+            When the upload fails after retries or the stored checksum does not match.
+        """
+        full_key = self._key(key)
+        digest = sha256 or sha256_file(local_path)
+        size = Path(local_path).stat().st_size
+        uri = f"s3://{self.bucket}/{full_key}"
+        try:
+            if self._existing_sha256(full_key) == digest:
+                return StoredObject(uri=uri, key=key, sha256=digest, size_bytes=size, written=False)
+            extra = {**self._extra, "Metadata": {"sha256": digest}}
+            if size < MULTIPART_THRESHOLD_BYTES:
+                with open(local_path, "rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=full_key, Body=body,
+                                           ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(), **extra)
+            else:
+                self.client.upload_file(str(local_path), self.bucket, full_key,
+                                        ExtraArgs={**extra, "ChecksumAlgorithm": "SHA256"},
+                                        Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD_BYTES,
+                                                              multipart_chunksize=MULTIPART_THRESHOLD_BYTES))
+            stored = self._existing_sha256(full_key)
+        except (ClientError, BotoCoreError, OSError) as err:
+            raise StorageError(f"{uri}: upload failed: {err}") from err
+        if stored != digest:
+            raise StorageError(f"{uri}: stored sha256 {stored} != {digest}")
+        return StoredObject(uri=uri, key=key, sha256=digest, size_bytes=size, written=True)
+
+    def put_bytes(self, data: bytes, key: str) -> StoredObject:
+        """Upload bytes in one verified PUT.
+
+        Parameters
+        ----------
+        data : bytes
+        key : str
+
+        Returns
+        -------
+        StoredObject
+
+        Raises
+        ------
+        StorageError
+        """
+        full_key = self._key(key)
+        digest = hashlib.sha256(data).hexdigest()
+        uri = f"s3://{self.bucket}/{full_key}"
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=full_key, Body=data,
+                                   ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
+                                   Metadata={"sha256": digest}, **self._extra)
+        except (ClientError, BotoCoreError) as err:
+            raise StorageError(f"{uri}: upload failed: {err}") from err
+        return StoredObject(uri=uri, key=key, sha256=digest, size_bytes=len(data), written=True)
+
+    def list_objects(self, prefix: str = "") -> Iterator[S3Object]:
+        """Objects under ``prefix`` (relative to the storage prefix), keys as stored.
+
+        Yields
+        ------
+        S3Object
+
+        Raises
+        ------
+        StorageError
+        """
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for item in page.get("Contents", []):
+                    yield S3Object(key=item["Key"], size_bytes=int(item["Size"]), etag=item["ETag"].strip('"'),
+                                   uri=f"s3://{self.bucket}/{item['Key']}")
+        except (ClientError, BotoCoreError) as err:
+            raise StorageError(f"s3://{self.bucket}/{self.prefix}{prefix}: listing failed: {err}") from err
+
+    def download(self, full_key: str, folder: str | os.PathLike) -> tuple[Path, str]:
+        """Download an object (a full key, as listed) into a folder under a safe local name.
+
+        Parameters
+        ----------
+        full_key : str
+            Untrusted; refused when :func:`untrusted_key_problem` objects.
+        folder : str or path-like
+
+        Returns
+        -------
+        (Path, str)
+            The local file and its SHA-256.
+
+        Raises
+        ------
+        StorageError
+            For a refused key or a failed download (after retries).
+        """
+        problem = untrusted_key_problem(full_key)
+        if problem:
+            raise StorageError(f"s3://{self.bucket}/{full_key!r}: refused: {problem}")
+        dest = Path(folder) / safe_local_name(full_key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
+        try:
+            self.client.download_file(self.bucket, full_key, str(tmp))
+            os.replace(tmp, dest)
+        except (ClientError, BotoCoreError, OSError) as err:
+            raise StorageError(f"s3://{self.bucket}/{full_key}: download failed: {err}") from err
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest, sha256_file(dest)
