@@ -230,6 +230,39 @@ def lineage(query: Annotated[str, typer.Argument(help="A file path, a file:// or
                       f"{r['flow_run_id']}, FFmpeg {r['ffmpeg_version']}){marker}")
 
 
+@app.command()
+def serve(preset: Annotated[list[str] | None, typer.Option("--preset", help="Only these presets.")] = None) -> None:
+    """Register and serve every preset's deployments (nightly, on-upload, manual) in this process."""
+    from deployments.serve import serve_all
+
+    presets = _load_presets()
+    unknown = [p for p in preset or [] if p not in presets]
+    if unknown:
+        console.print(f"[red]unknown preset(s) {', '.join(unknown)}[/red]; known: {', '.join(sorted(presets))}")
+        raise typer.Exit(2)
+    serve_all(preset or None)
+
+
+@app.command("s3-bridge")
+def s3_bridge(
+    queue_url: Annotated[str, typer.Option("--queue-url", help="SQS queue fed by S3 ObjectCreated notifications.")],
+    routes: Annotated[Path, typer.Option("--routes", help="YAML: routes: [{bucket, prefix, preset, output}].")],
+    wait_time_s: Annotated[int, typer.Option("--wait", min=0, max=20, help="Long-poll seconds.")] = 20,
+) -> None:
+    """Start one on-upload flow run per uploaded object (exactly once per object version)."""
+    import logging
+
+    from puresound.bridge import Bridge, load_bridge_config
+    from puresound_core.storage.s3 import make_sqs_client
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = _settings()
+    sqs = make_sqs_client(endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
+    bridge = Bridge(sqs, queue_url, load_bridge_config(routes),
+                    quarantine=settings.state_dir / "bridge-quarantine.jsonl")
+    bridge.run(wait_time_s=wait_time_s)
+
+
 @app.callback()
 def main() -> None:
     """Pure Sound command line."""

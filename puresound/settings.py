@@ -33,6 +33,8 @@ class PureSoundSettings(BaseSettings):
         Server-side encryption of written objects.
     s3_max_attempts : int
         Attempts per S3 request (botocore standard retries: backoff with jitter).
+    nightly_cron, timezone, nightly_source_root : str
+        Schedule and source of the nightly ingestion deployments.
     """
 
     model_config = SettingsConfigDict(env_prefix="PURESOUND_", extra="ignore")
@@ -47,6 +49,10 @@ class PureSoundSettings(BaseSettings):
     s3_sse: Literal["AES256", "aws:kms"] | None = Field(default=None, description="Server-side encryption of outputs")
     s3_kms_key_id: str | None = Field(default=None, description="KMS key for s3_sse='aws:kms'")
     s3_max_attempts: int = Field(default=10, ge=1, le=50, description="Attempts per S3 request (retries with jitter)")
+    nightly_cron: str = Field(default="0 2 * * *", description="Cron of the nightly ingestion deployments")
+    timezone: str = Field(default="UTC", description="IANA timezone of the nightly cron")
+    nightly_source_root: str = Field(default="incoming", description="Nightly source: {root}/{preset} "
+                                                                      "(a folder or s3://bucket/prefix)")
 
     @property
     def lineage_url(self) -> str:

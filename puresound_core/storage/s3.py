@@ -1,9 +1,13 @@
 """S3 storage (AWS or any S3-compatible endpoint) through boto3.
 
-* Uploads are verified: single-part PUTs carry the SHA-256 as ``x-amz-checksum-sha256`` (the
-  server rejects a body that does not match); multipart uploads carry per-part SHA-256
-  checksums. The hex SHA-256 is also stored as object metadata (``sha256``), which is what
-  makes re-runs idempotent and what lineage records.
+* Uploads are verified end to end: single-part PUTs carry the SHA-256 as
+  ``x-amz-checksum-sha256`` (AWS rejects a body that does not match), multipart uploads carry
+  per-part SHA-256 checksums, and after every upload the object's ETag is compared with the
+  one computed locally (MD5 of the body, or of the part MD5s for multipart), which also
+  catches corruption on endpoints that ignore checksum headers. (Objects encrypted with
+  SSE-KMS have no MD5 ETag; for them the checksum headers are the verification.) The hex
+  SHA-256 is stored as object metadata (``sha256``): it makes re-runs idempotent and is
+  what lineage records.
 * Transient errors (5xx, throttling, resets, timeouts) are retried by botocore's
   ``standard`` mode: exponential backoff with full jitter, up to ``max_attempts``.
 * Keys from uploaders are untrusted: :func:`untrusted_key_problem` says why a key is
@@ -140,6 +144,22 @@ def safe_local_name(key: str) -> str:
     return f"{digest}-{tail}"
 
 
+def _digests(path: str | os.PathLike, size: int) -> tuple[str, str]:
+    """SHA-256 and the S3 ETag the upload of this file will have (MD5, or multipart MD5-of-MD5s)."""
+    sha = hashlib.sha256()
+    part_md5s: list[bytes] = []
+    whole = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(MULTIPART_THRESHOLD_BYTES):
+            sha.update(chunk)
+            whole.update(chunk)
+            part_md5s.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+    if size < MULTIPART_THRESHOLD_BYTES:
+        return sha.hexdigest(), whole.hexdigest()
+    combined = hashlib.md5(b"".join(part_md5s), usedforsecurity=False).hexdigest()
+    return sha.hexdigest(), f"{combined}-{len(part_md5s)}"
+
+
 class S3Object(BaseModel):
     """A listed object.
 
@@ -221,8 +241,10 @@ class S3Storage:
             When the upload fails after retries or the stored checksum does not match.
         """
         full_key = self._key(key)
-        digest = sha256 or sha256_file(local_path)
         size = Path(local_path).stat().st_size
+        digest, etag = _digests(local_path, size)
+        if sha256 is not None and sha256 != digest:
+            raise StorageError(f"{Path(local_path).name}: sha256 {digest} differs from the expected {sha256}")
         uri = f"s3://{self.bucket}/{full_key}"
         try:
             if self._existing_sha256(full_key) == digest:
@@ -237,11 +259,14 @@ class S3Storage:
                                         ExtraArgs={**extra, "ChecksumAlgorithm": "SHA256"},
                                         Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD_BYTES,
                                                               multipart_chunksize=MULTIPART_THRESHOLD_BYTES))
-            stored = self._existing_sha256(full_key)
+            head = self.client.head_object(Bucket=self.bucket, Key=full_key)
         except (ClientError, BotoCoreError, OSError) as err:
             raise StorageError(f"{uri}: upload failed: {err}") from err
-        if stored != digest:
-            raise StorageError(f"{uri}: stored sha256 {stored} != {digest}")
+        stored_etag = head.get("ETag", "").strip('"')
+        if self._extra.get("ServerSideEncryption") != "aws:kms" and stored_etag != etag:
+            raise StorageError(f"{uri}: upload corrupted: stored ETag {stored_etag} != local {etag}")
+        if head.get("Metadata", {}).get("sha256") != digest or head.get("ContentLength") != size:
+            raise StorageError(f"{uri}: stored object does not match the local file")
         return StoredObject(uri=uri, key=key, sha256=digest, size_bytes=size, written=True)
 
     def put_bytes(self, data: bytes, key: str) -> StoredObject:
