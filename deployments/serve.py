@@ -12,6 +12,7 @@ Per preset ``P``:
 from __future__ import annotations
 
 from prefect import serve
+from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
 from flows.presets import RunRequest, ingest_flow, preset_flow
@@ -42,16 +43,16 @@ def build_deployments(presets: dict[str, Preset], settings: PureSoundSettings) -
         ingest = ingest_flow(preset, workers=settings.workers)
         tags = ["puresound", f"preset:{preset.name}"]
         deployments.append(ingest.to_deployment(
-            name=NIGHTLY, tags=[*tags, NIGHTLY],
+            name=NIGHTLY, entrypoint_type=EntrypointType.MODULE_PATH, tags=[*tags, NIGHTLY],
             description=f"Nightly ingestion of new sources for {preset.name} v{preset.version}",
             schedules=[Cron(settings.nightly_cron, timezone=settings.timezone)],
             parameters={"source": f"{settings.nightly_source_root.rstrip('/')}/{preset.name}", "output_dir": output}))
         deployments.append(flow_fn.to_deployment(
-            name=ON_UPLOAD, tags=[*tags, ON_UPLOAD],
+            name=ON_UPLOAD, entrypoint_type=EntrypointType.MODULE_PATH, tags=[*tags, ON_UPLOAD],
             description=f"{preset.name}: one uploaded object, started by the S3 bridge",
             parameters={"request": RunRequest(sources=["s3://bucket/key"], output_dir=output).model_dump()}))
         deployments.append(flow_fn.to_deployment(
-            name=MANUAL, tags=[*tags, MANUAL],
+            name=MANUAL, entrypoint_type=EntrypointType.MODULE_PATH, tags=[*tags, MANUAL],
             description=f"{preset.name}: run on chosen files, folders or S3 prefixes from the UI",
             parameters={"request": RunRequest(sources=[settings.nightly_source_root], output_dir=output).model_dump()}))
     return deployments

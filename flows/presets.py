@@ -10,6 +10,7 @@ naming those files.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from puresound_core.lineage import LineageStore
 from puresound_core.presets import Preset, load_presets
 from puresound_core.storage import sha256_file
 from puresound.settings import PureSoundSettings, open_storage
+from flows.dynamic import entry_name
 from tasks.audio import CODE_VERSION, analyze, fingerprint, render_cached, validate
 from tasks.publish import fetch_source, record_lineage, store_rendition_as_asset, store_report
 
@@ -235,6 +237,26 @@ def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir:
                        code_version=CODE_VERSION)
         return outcome.model_copy(update={"seconds": time.perf_counter() - started})
 
+    with _content_lock(f"{sha256}:{preset.fingerprint}"):
+        return _render_and_publish(source, preset, path, sha256, folder, validation, source_row, report, output_dir,
+                                   work_dir, database_url, run_id, started)
+
+
+_locks_guard = threading.Lock()
+_locks: dict[str, threading.Lock] = {}
+
+
+def _content_lock(key: str) -> threading.Lock:
+    """One lock per content + preset in this process: identical inputs in one batch render once
+    (the second finds the cached render) instead of racing on the same work file."""
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
+
+
+def _render_and_publish(source: SourceRef, preset: Preset, path: str, sha256: str, folder: str, validation,
+                        source_row: dict, report: dict, output_dir: str, work_dir: str, database_url: str,
+                        run_id: int, started: float) -> SourceOutcome:
+    src_uri = source.uri
     analysis = analyze(path, sha256)
     results = [render_cached(path, sha256, preset, rendition, analysis, work_dir) for rendition in preset.renditions]
     verified = all(r.verification.passed for r in results)
@@ -383,6 +405,11 @@ def _already_published(lineage: LineageStore, ref: SourceRef, preset: Preset) ->
                                                     preset_version=preset.version)
 
 
+def _importable_as(fn, name: str) -> None:
+    """Make a flow function importable as ``flows.dynamic.<name>`` (what deployments record)."""
+    fn.__module__, fn.__name__, fn.__qualname__ = "flows.dynamic", name, name
+
+
 class RunRequest(BaseModel):
     """What to process: the parameters of a preset flow (a form in the Prefect UI)."""
 
@@ -409,6 +436,7 @@ def preset_flow(preset: Preset, *, workers: int = 2):
         return run_batch(preset, request.sources, request.output_dir)
 
     body.__doc__ = f"{preset.description} ({preset.standard})"
+    _importable_as(body, entry_name(preset.name))
     return flow(name=preset.name, flow_run_name=f"{preset.name}-v{preset.version}",
                 task_runner=ThreadPoolTaskRunner(max_workers=workers), description=body.__doc__)(body)
 
@@ -433,6 +461,7 @@ def ingest_flow(preset: Preset, *, workers: int = 2):
         return run_batch(preset, [source], output_dir, skip_published=True)
 
     body.__doc__ = f"Nightly ingestion for {preset.name}: new sources only."
+    _importable_as(body, entry_name(preset.name, ingest=True))
     return flow(name=f"ingest-{preset.name}", flow_run_name=f"ingest-{preset.name}-v{preset.version}",
                 task_runner=ThreadPoolTaskRunner(max_workers=workers), description=body.__doc__)(body)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,20 +19,30 @@ _IO_RETRIES = {"retries": 3, "retry_delay_seconds": [1, 2, 4], "retry_jitter_fac
 _MAX_ASSET_KEY = 512
 
 
+# Characters Prefect refuses in asset keys (prefect.types.names.RESTRICTED_ASSET_CHARACTERS).
+_ASSET_KEY_REFUSED = re.compile(r"[\n\r\t\0 #?&%\"'<>\[\]{}|\\^`]")
+
+
 def asset_key(uri: str, sha256: str) -> str:
-    """A Prefect asset key for a URI (keys are limited to 512 characters).
+    """A Prefect asset key for a URI.
+
+    Asset keys may not hold spaces, ``%``, ``#``... and are at most 512 characters: such
+    characters become ``_`` and a short hash of the exact URI keeps keys distinct.
 
     Parameters
     ----------
     uri : str
     sha256 : str
-        Content hash, used when ``uri`` is too long.
+        Content hash, used when even the cleaned URI is too long.
 
     Returns
     -------
     str
     """
-    return uri if len(uri) <= _MAX_ASSET_KEY else f"puresound://sha256/{sha256}"
+    if not _ASSET_KEY_REFUSED.search(uri) and len(uri) <= _MAX_ASSET_KEY:
+        return uri
+    cleaned = _ASSET_KEY_REFUSED.sub("_", uri) + "~" + hashlib.sha256(uri.encode()).hexdigest()[:8]
+    return cleaned if len(cleaned) <= _MAX_ASSET_KEY else f"puresound://sha256/{sha256}"
 
 
 @lru_cache(maxsize=8)
