@@ -100,7 +100,7 @@ def resolve_encoder(rendition: Rendition, probe: ProbeResult):
         "sample_rate_hz": probe.sample_rate_hz, "channels": probe.channels, "bit_depth": depth})
 
 
-@task(name="render-rendition", cache_key_fn=_render_key, persist_result=True)
+@task(name="render-rendition", cache_key_fn=_render_key, persist_result=True, tags=["puresound-encode"])
 def render(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
            work_dir: str) -> RenditionResult:
     """Render, encode and verify one rendition into the work area (:func:`render_rendition`).

@@ -1,0 +1,44 @@
+"""prefect.yaml and the served deployments: complete, importable, scheduled with a timezone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from prefect.utilities.importtools import import_object
+
+from deployments.serve import MANUAL, NIGHTLY, ON_UPLOAD, build_deployments
+from puresound.settings import PureSoundSettings
+from puresound_core.presets import BUILTIN_PRESETS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_prefect_yaml_declares_three_complete_deployments_per_preset():
+    project = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    assert "definitions" in project
+    deployments = project["deployments"]
+    assert len(deployments) == 3 * len(BUILTIN_PRESETS)
+    for deployment in deployments:
+        assert deployment["description"] and deployment["parameters"], deployment["name"]
+        flow = import_object(deployment["entrypoint"])
+        if deployment["name"] == "nightly":
+            assert flow.name.startswith("ingest-")
+            assert all(s["timezone"] and s["cron"] for s in deployment["schedules"])
+        else:
+            assert flow.name in BUILTIN_PRESETS
+    names = {(import_object(d["entrypoint"]).name, d["name"]) for d in deployments}
+    for preset in BUILTIN_PRESETS:
+        assert {(f"ingest-{preset}", NIGHTLY), (preset, ON_UPLOAD), (preset, MANUAL)} <= names
+
+
+def test_served_deployments_have_form_parameters_and_a_cron_with_timezone():
+    settings = PureSoundSettings(timezone="Europe/Berlin", nightly_source_root="s3://incoming")
+    built = build_deployments(BUILTIN_PRESETS, settings)
+    assert len(built) == 3 * len(BUILTIN_PRESETS)
+    nightly = [d for d in built if d.name == NIGHTLY]
+    assert all(d.schedules[0].schedule.timezone == "Europe/Berlin" for d in nightly)
+    assert nightly[0].parameters["source"] == "s3://incoming/podcast"
+    manual = next(d for d in built if d.name == MANUAL)
+    assert "RunRequest" in manual._parameter_openapi_schema.model_dump()["definitions"]
+    assert all(d.entrypoint.startswith("flows.dynamic.") and d.description for d in built)
