@@ -208,6 +208,16 @@ def _room_tone_warnings(preset: Preset, analysis) -> list[str]:
     return warnings
 
 
+_locks_guard = threading.Lock()
+_locks: dict[str, threading.Lock] = {}
+
+
+def _content_lock(key: str) -> threading.Lock:
+    """One lock per content + preset in this process (threads of a batch share the work area)."""
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
+
+
 @task(name="process-source")
 def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir: str, database_url: str,
                    run_id: int) -> SourceOutcome:
@@ -237,66 +247,48 @@ def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir:
                        code_version=CODE_VERSION)
         return outcome.model_copy(update={"seconds": time.perf_counter() - started})
 
+    # Identical inputs in one batch render once: the second waits, then finds the cached render.
     with _content_lock(f"{sha256}:{preset.fingerprint}"):
-        return _render_and_publish(source, preset, path, sha256, folder, validation, source_row, report, output_dir,
-                                   work_dir, database_url, run_id, started)
-
-
-_locks_guard = threading.Lock()
-_locks: dict[str, threading.Lock] = {}
-
-
-def _content_lock(key: str) -> threading.Lock:
-    """One lock per content + preset in this process: identical inputs in one batch render once
-    (the second finds the cached render) instead of racing on the same work file."""
-    with _locks_guard:
-        return _locks.setdefault(key, threading.Lock())
-
-
-def _render_and_publish(source: SourceRef, preset: Preset, path: str, sha256: str, folder: str, validation,
-                        source_row: dict, report: dict, output_dir: str, work_dir: str, database_url: str,
-                        run_id: int, started: float) -> SourceOutcome:
-    src_uri = source.uri
-    analysis = analyze(path, sha256)
-    results = [render_cached(path, sha256, preset, rendition, analysis, work_dir) for rendition in preset.renditions]
-    verified = all(r.verification.passed for r in results)
-    summaries: list[RenditionSummary] = []
-    lineage_rows: list[dict] = []
-    for rendition, result in zip(preset.renditions, results, strict=True):
-        stored = None
-        if verified:  # publish a source's renditions only as a complete, compliant set
-            key = f"{folder}/{rendition.name}.{rendition.encoder.extension}"
-            stored = store_rendition_as_asset(result.path, key, output_dir, sha256_file(result.path),
-                                              src_uri, sha256)
-        loudness = result.verification.loudness
-        summaries.append(RenditionSummary(
-            name=rendition.name, uri=stored.uri if stored else None, sha256=stored.sha256 if stored else None,
-            size_bytes=stored.size_bytes if stored else None, codec=result.settings.model_dump(mode="json"),
-            integrated_lufs=loudness.integrated_lufs, true_peak_dbtp=loudness.true_peak_dbtp,
-            verified=result.verification.passed, attempts=result.attempts, retry_reason=result.retry_reason,
-            limiter_active=result.processing.limiter_active,
-            max_gain_reduction_db=result.processing.max_gain_reduction_db,
-            failed_checks=[c.message for c in result.verification.failures]))
-        if stored is not None:
-            lineage_rows.append({
-                "source_sha256": sha256, "preset_name": preset.name, "preset_version": preset.version,
-                "rendition_name": rendition.name, "uri": stored.uri, "sha256": stored.sha256,
-                "size_bytes": stored.size_bytes, "codec_json": result.settings.model_dump_json(),
-                "integrated_lufs": loudness.integrated_lufs, "true_peak_dbtp": loudness.true_peak_dbtp,
-                "lra_lu": loudness.lra_lu, "verdict": "published", "attempts": result.attempts})
-    failed_checks = [m for s in summaries for m in s.failed_checks]
-    outcome = SourceOutcome(
-        path=source.display, sha256=sha256, verdict="published" if verified else "failed",
-        reason="" if verified else "not published: " + "; ".join(failed_checks),
-        integrated_lufs_in=analysis.loudness.integrated_lufs, true_peak_dbtp_in=analysis.loudness.true_peak_dbtp,
-        content_class=analysis.content.content_class, renditions=summaries,
-        warnings=_room_tone_warnings(preset, analysis) + [s.retry_reason for s in summaries if s.retry_reason])
-    store_report({**report, "analysis": analysis.model_dump(mode="json"),
-                  "renditions": [r.model_dump(mode="json") for r in results],
-                  "outcome": outcome.model_dump(mode="json")}, f"{folder}/report.json", output_dir)
-    record_lineage(database_url, source=source_row, analysis=analysis.model_dump(mode="json"),
-                   renditions=lineage_rows, run_id=run_id, code_version=CODE_VERSION)
-    return outcome.model_copy(update={"seconds": time.perf_counter() - started})
+        analysis = analyze(path, sha256)
+        results = [render_cached(path, sha256, preset, rendition, analysis, work_dir) for rendition in preset.renditions]
+        verified = all(r.verification.passed for r in results)
+        summaries: list[RenditionSummary] = []
+        lineage_rows: list[dict] = []
+        for rendition, result in zip(preset.renditions, results, strict=True):
+            stored = None
+            if verified:  # publish a source's renditions only as a complete, compliant set
+                key = f"{folder}/{rendition.name}.{rendition.encoder.extension}"
+                stored = store_rendition_as_asset(result.path, key, output_dir, sha256_file(result.path),
+                                                  src_uri, sha256)
+            loudness = result.verification.loudness
+            summaries.append(RenditionSummary(
+                name=rendition.name, uri=stored.uri if stored else None, sha256=stored.sha256 if stored else None,
+                size_bytes=stored.size_bytes if stored else None, codec=result.settings.model_dump(mode="json"),
+                integrated_lufs=loudness.integrated_lufs, true_peak_dbtp=loudness.true_peak_dbtp,
+                verified=result.verification.passed, attempts=result.attempts, retry_reason=result.retry_reason,
+                limiter_active=result.processing.limiter_active,
+                max_gain_reduction_db=result.processing.max_gain_reduction_db,
+                failed_checks=[c.message for c in result.verification.failures]))
+            if stored is not None:
+                lineage_rows.append({
+                    "source_sha256": sha256, "preset_name": preset.name, "preset_version": preset.version,
+                    "rendition_name": rendition.name, "uri": stored.uri, "sha256": stored.sha256,
+                    "size_bytes": stored.size_bytes, "codec_json": result.settings.model_dump_json(),
+                    "integrated_lufs": loudness.integrated_lufs, "true_peak_dbtp": loudness.true_peak_dbtp,
+                    "lra_lu": loudness.lra_lu, "verdict": "published", "attempts": result.attempts})
+        failed_checks = [m for s in summaries for m in s.failed_checks]
+        outcome = SourceOutcome(
+            path=source.display, sha256=sha256, verdict="published" if verified else "failed",
+            reason="" if verified else "not published: " + "; ".join(failed_checks),
+            integrated_lufs_in=analysis.loudness.integrated_lufs, true_peak_dbtp_in=analysis.loudness.true_peak_dbtp,
+            content_class=analysis.content.content_class, renditions=summaries,
+            warnings=_room_tone_warnings(preset, analysis) + [s.retry_reason for s in summaries if s.retry_reason])
+        store_report({**report, "analysis": analysis.model_dump(mode="json"),
+                      "renditions": [r.model_dump(mode="json") for r in results],
+                      "outcome": outcome.model_dump(mode="json")}, f"{folder}/report.json", output_dir)
+        record_lineage(database_url, source=source_row, analysis=analysis.model_dump(mode="json"),
+                       renditions=lineage_rows, run_id=run_id, code_version=CODE_VERSION)
+        return outcome.model_copy(update={"seconds": time.perf_counter() - started})
 
 
 def _fmt(value: float | None) -> str:

@@ -33,6 +33,9 @@ class PureSoundSettings(BaseSettings):
         Server-side encryption of written objects.
     s3_max_attempts : int
         Attempts per S3 request (botocore standard retries: backoff with jitter).
+    encode_concurrency_limit : str or None
+        Name of a Prefect global concurrency limit (``prefect gcl create NAME --limit N``)
+        that caps renders across all runs; none by default (no per-task API round trip).
     nightly_cron, timezone, nightly_source_root : str
         Schedule and source of the nightly ingestion deployments.
     """
@@ -49,6 +52,8 @@ class PureSoundSettings(BaseSettings):
     s3_sse: Literal["AES256", "aws:kms"] | None = Field(default=None, description="Server-side encryption of outputs")
     s3_kms_key_id: str | None = Field(default=None, description="KMS key for s3_sse='aws:kms'")
     s3_max_attempts: int = Field(default=10, ge=1, le=50, description="Attempts per S3 request (retries with jitter)")
+    encode_concurrency_limit: str | None = Field(
+        default=None, description="Name of a Prefect global concurrency limit every render holds a slot of")
     nightly_cron: str = Field(default="0 2 * * *", description="Cron of the nightly ingestion deployments")
     timezone: str = Field(default="UTC", description="IANA timezone of the nightly cron")
     nightly_source_root: str = Field(default="incoming", description="Nightly source: {root}/{preset} "

@@ -15,6 +15,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 import puresound_core
+from puresound.settings import PureSoundSettings
 from puresound_core.analysis import AnalysisReport, analyze_file
 from puresound_core.audio import FFMPEG_VERSION, ProbeResult
 from puresound_core.presets import Preset, Rendition
@@ -100,7 +101,7 @@ def resolve_encoder(rendition: Rendition, probe: ProbeResult):
         "sample_rate_hz": probe.sample_rate_hz, "channels": probe.channels, "bit_depth": depth})
 
 
-@task(name="render-rendition", cache_key_fn=_render_key, persist_result=True, tags=["puresound-encode"])
+@task(name="render-rendition", cache_key_fn=_render_key, persist_result=True)
 def render(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
            work_dir: str) -> RenditionResult:
     """Render, encode and verify one rendition into the work area (:func:`render_rendition`).
@@ -131,7 +132,22 @@ def render(path: str, sha256: str, preset: Preset, rendition: Rendition, analysi
 
 def render_cached(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
                   work_dir: str) -> RenditionResult:
-    """:func:`render`, refreshing the cache when the cached result's file no longer exists."""
+    """:func:`render`, refreshing the cache when the cached result's file no longer exists.
+
+    With ``PURESOUND_ENCODE_CONCURRENCY_LIMIT`` naming a Prefect global concurrency limit, every
+    render holds one of its slots, which caps encoders across all runs and workers.
+    """
+    limit = PureSoundSettings().encode_concurrency_limit
+    if limit:
+        from prefect.concurrency.sync import concurrency
+
+        with concurrency(limit, occupy=1):
+            return _render_or_refresh(path, sha256, preset, rendition, analysis, work_dir)
+    return _render_or_refresh(path, sha256, preset, rendition, analysis, work_dir)
+
+
+def _render_or_refresh(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
+                       work_dir: str) -> RenditionResult:
     result = render(path, sha256, preset, rendition, analysis, work_dir)
     if not Path(result.path).exists():
         result = render.with_options(refresh_cache=True)(path, sha256, preset, rendition, analysis, work_dir)

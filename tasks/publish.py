@@ -15,8 +15,8 @@ from puresound_core.lineage import LineageStore
 from puresound.settings import open_storage
 from puresound_core.storage import StoredObject
 
-#: Storage / network tasks: retried with backoff and jitter; tagged for a concurrency limit.
-_IO_RETRIES = {"retries": 3, "retry_delay_seconds": [1, 2, 4], "retry_jitter_factor": 0.5, "tags": ["puresound-io"]}
+#: Storage / network tasks: retried with backoff and jitter.
+_IO_RETRIES = {"retries": 3, "retry_delay_seconds": [1, 2, 4], "retry_jitter_factor": 0.5}
 _MAX_ASSET_KEY = 512
 
 
