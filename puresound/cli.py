@@ -253,11 +253,11 @@ def s3_bridge(
     import logging
 
     from puresound.bridge import Bridge, load_bridge_config
-    from puresound_core.storage.s3 import make_sqs_client
+    from puresound.settings import sqs_client
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = _settings()
-    sqs = make_sqs_client(endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
+    sqs = sqs_client(settings)
     bridge = Bridge(sqs, queue_url, load_bridge_config(routes),
                     quarantine=settings.state_dir / "bridge-quarantine.jsonl")
     bridge.run(wait_time_s=wait_time_s)

@@ -33,6 +33,9 @@ class PureSoundSettings(BaseSettings):
         Server-side encryption of written objects.
     s3_max_attempts : int
         Attempts per S3 request (botocore standard retries: backoff with jitter).
+    aws_credentials_block : str or None
+        Name of a Prefect ``AwsCredentials`` block (extra ``aws``: ``pip install -e '.[aws]'``);
+        when unset, credentials come from the standard AWS chain.
     encode_concurrency_limit : str or None
         Name of a Prefect global concurrency limit (``prefect gcl create NAME --limit N``)
         that caps renders across all runs; none by default (no per-task API round trip).
@@ -52,6 +55,8 @@ class PureSoundSettings(BaseSettings):
     s3_sse: Literal["AES256", "aws:kms"] | None = Field(default=None, description="Server-side encryption of outputs")
     s3_kms_key_id: str | None = Field(default=None, description="KMS key for s3_sse='aws:kms'")
     s3_max_attempts: int = Field(default=10, ge=1, le=50, description="Attempts per S3 request (retries with jitter)")
+    aws_credentials_block: str | None = Field(
+        default=None, description="Name of a Prefect AwsCredentials block (prefect-aws) to take S3/SQS credentials from")
     encode_concurrency_limit: str | None = Field(
         default=None, description="Name of a Prefect global concurrency limit every render holds a slot of")
     nightly_cron: str = Field(default="0 2 * * *", description="Cron of the nightly ingestion deployments")
@@ -89,10 +94,43 @@ def open_storage(target: str, settings: PureSoundSettings | None = None):
     return LocalStorage(target)
 
 
+def aws_session(settings: PureSoundSettings | None = None):
+    """The boto3 session of the configured Prefect ``AwsCredentials`` block, or ``None`` (standard chain).
+
+    Raises
+    ------
+    StorageError
+        When a block is configured but prefect-aws is not installed or the block cannot be loaded.
+    """
+    from puresound_core.errors import StorageError
+
+    settings = settings or PureSoundSettings()
+    if not settings.aws_credentials_block:
+        return None
+    try:
+        from prefect_aws import AwsCredentials
+    except ImportError as err:
+        raise StorageError("PURESOUND_AWS_CREDENTIALS_BLOCK is set but prefect-aws is not installed "
+                           "(pip install -e '.[aws]')") from err
+    try:
+        return AwsCredentials.load(settings.aws_credentials_block).get_boto3_session()
+    except ValueError as err:
+        raise StorageError(f"AwsCredentials block {settings.aws_credentials_block!r} cannot be loaded: {err}") from err
+
+
 def s3_client(settings: PureSoundSettings | None = None):
-    """A boto3 S3 client configured from settings (endpoint, region, retries)."""
+    """A boto3 S3 client configured from settings (endpoint, region, retries, credentials)."""
     from puresound_core.storage.s3 import make_s3_client
 
     settings = settings or PureSoundSettings()
     return make_s3_client(endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
-                          max_attempts=settings.s3_max_attempts)
+                          max_attempts=settings.s3_max_attempts, session=aws_session(settings))
+
+
+def sqs_client(settings: PureSoundSettings | None = None):
+    """A boto3 SQS client configured like :func:`s3_client`."""
+    from puresound_core.storage.s3 import make_sqs_client
+
+    settings = settings or PureSoundSettings()
+    return make_sqs_client(endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+                           max_attempts=settings.s3_max_attempts, session=aws_session(settings))

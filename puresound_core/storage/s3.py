@@ -64,7 +64,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def make_s3_client(*, endpoint_url: str | None = None, region_name: str | None = None, max_attempts: int = 10,
-                   connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0):
+                   connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0, session=None):
     """A boto3 S3 client with retries (standard mode: backoff with jitter) and timeouts.
 
     Parameters
@@ -75,11 +75,13 @@ def make_s3_client(*, endpoint_url: str | None = None, region_name: str | None =
     max_attempts : int
         Total attempts per request, first included.
     connect_timeout_s, read_timeout_s : float
+    session : boto3.session.Session, optional
+        Where credentials come from (e.g. a Prefect ``AwsCredentials`` block's session);
+        default: the standard AWS chain (environment, profile, instance role).
 
     Returns
     -------
     botocore.client.S3
-        Credentials come from the standard AWS chain (environment, profile, instance role).
 
     References
     ----------
@@ -89,13 +91,14 @@ def make_s3_client(*, endpoint_url: str | None = None, region_name: str | None =
                     connect_timeout=connect_timeout_s, read_timeout=read_timeout_s,
                     s3={"addressing_style": "path"} if endpoint_url else None,
                     request_checksum_calculation="when_required", response_checksum_validation="when_required")
-    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region_name, config=config)
+    return (session or boto3).client("s3", endpoint_url=endpoint_url, region_name=region_name, config=config)
 
 
-def make_sqs_client(*, endpoint_url: str | None = None, region_name: str | None = None, max_attempts: int = 10):
+def make_sqs_client(*, endpoint_url: str | None = None, region_name: str | None = None, max_attempts: int = 10,
+                    session=None):
     """A boto3 SQS client with the same retry policy as :func:`make_s3_client`."""
     config = Config(retries={"max_attempts": max_attempts, "mode": "standard"})
-    return boto3.client("sqs", endpoint_url=endpoint_url, region_name=region_name, config=config)
+    return (session or boto3).client("sqs", endpoint_url=endpoint_url, region_name=region_name, config=config)
 
 
 def untrusted_key_problem(key: str) -> str | None:

@@ -75,3 +75,26 @@ def test_transient_faults_are_retried(fault_proxy, moto_url, tmp_path):
         assert storage.put_file(tmp_path / f"{i}.bin", f"{i}.bin").written
     assert len(list(storage.list_objects())) == 20
     assert sum(1 for entry in proxy.log if entry[2] != "ok") >= 10  # faults really happened
+
+
+def test_credentials_can_come_from_a_prefect_awscredentials_block(moto_url, prefect_server, monkeypatch):
+    from prefect_aws import AwsCredentials
+    from pydantic import SecretStr
+
+    from puresound.settings import PureSoundSettings, s3_client
+
+    AwsCredentials(aws_access_key_id="block-key", aws_secret_access_key=SecretStr("block-secret"),
+                   region_name="us-east-1").save("moto-test", overwrite=True)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    client = s3_client(PureSoundSettings(s3_endpoint_url=moto_url, aws_credentials_block="moto-test"))
+    assert client._request_signer._credentials.access_key == "block-key"
+    client.create_bucket(Bucket="from-block")
+    assert "from-block" in [b["Name"] for b in client.list_buckets()["Buckets"]]
+
+
+def test_a_missing_block_is_a_clear_storage_error(prefect_server):
+    from puresound.settings import PureSoundSettings, s3_client
+
+    with pytest.raises(StorageError, match="'no-such-block' cannot be loaded"):
+        s3_client(PureSoundSettings(aws_credentials_block="no-such-block"))
