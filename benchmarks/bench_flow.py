@@ -28,7 +28,7 @@ PLAIN_LOOP = r'''
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from flows.presets import expand_sources
+from puresound_core.storage import list_local_files
 from puresound_core.analysis import analyze_file
 from puresound_core.lineage import LineageStore
 from puresound_core.presets import BUILTIN_PRESETS
@@ -53,7 +53,7 @@ def one(path):
     store.record_source(sha256=sha, uri=Path(path).resolve().as_uri(), size_bytes=Path(path).stat().st_size, probe={})
 t0 = time.perf_counter()
 with ThreadPoolExecutor(2) as pool:
-    list(pool.map(one, expand_sources(sources)))
+    list(pool.map(one, list_local_files(sources)))
 print(json.dumps({"seconds": time.perf_counter() - t0}))
 '''
 

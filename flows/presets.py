@@ -29,7 +29,8 @@ import puresound_core
 from puresound_core.audio import FFMPEG_VERSION
 from puresound_core.lineage import LineageStore
 from puresound_core.presets import Preset, load_presets
-from puresound_core.storage import sha256_file
+from puresound_core.storage import list_local_files, sha256_file
+from puresound_core.storage.local import NON_AUDIO_SUFFIXES
 from puresound.settings import PureSoundSettings, open_storage
 from flows.dynamic import entry_name
 from tasks.audio import CODE_VERSION, analyze, fingerprint, render_cached, validate
@@ -39,7 +40,6 @@ Verdict = Literal["published", "rejected", "failed"]
 
 #: In-process hook the CLI sets to drive its progress bar: ``fn(done, total, outcome)``.
 progress_listener = None
-_SKIP_SUFFIXES = {".md", ".txt", ".tsv", ".json", ".yaml", ".yml", ".part"}
 
 
 class RenditionSummary(BaseModel):
@@ -123,36 +123,6 @@ class SourceRef(BaseModel):
         return self.display.rstrip("/").rsplit("/", 1)[-1]
 
 
-def expand_sources(paths: list[str]) -> list[str]:
-    """Files named directly plus every non-hidden file under named folders, sorted, deduplicated.
-
-    Parameters
-    ----------
-    paths : list of str
-
-    Returns
-    -------
-    list of str
-
-    Raises
-    ------
-    FileNotFoundError
-        If a path does not exist.
-    """
-    found: list[str] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(str(p) for p in sorted(path.rglob("*")) if p.is_file()
-                         and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                         and p.suffix.lower() not in _SKIP_SUFFIXES)
-        elif path.is_file():
-            found.append(str(path))
-        else:
-            raise FileNotFoundError(f"{raw}: no such file or folder")
-    return list(dict.fromkeys(found))
-
-
 def list_sources(locations: list[str]) -> list[SourceRef]:
     """Inputs from local files / folders and ``s3://bucket/prefix`` locations.
 
@@ -177,7 +147,7 @@ def list_sources(locations: list[str]) -> list[SourceRef]:
 
     refs: list[SourceRef] = []
     local = [loc for loc in locations if not loc.startswith("s3://")]
-    for path in expand_sources(local):
+    for path in list_local_files(local):
         stat = Path(path).stat()
         refs.append(SourceRef(uri=Path(path).resolve().as_uri(), path=path, size_bytes=stat.st_size,
                               etag=f"{stat.st_size}-{stat.st_mtime_ns}"))
@@ -185,7 +155,7 @@ def list_sources(locations: list[str]) -> list[SourceRef]:
         bucket, prefix = parse_s3_uri(loc)
         storage = S3Storage(f"s3://{bucket}", client=s3_client())
         for obj in storage.list_objects(prefix):
-            if obj.key.endswith("/") or Path(obj.key).suffix.lower() in _SKIP_SUFFIXES:
+            if obj.key.endswith("/") or Path(obj.key).suffix.lower() in NON_AUDIO_SUFFIXES:
                 continue
             refs.append(SourceRef(uri=obj.uri, size_bytes=obj.size_bytes, etag=obj.etag,
                                   problem=untrusted_key_problem(obj.key)))

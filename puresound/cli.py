@@ -35,36 +35,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Pure Sound: loudness-compliant audio renditions, by preset.")
 console = Console()
 
-_SKIP_SUFFIXES = {".md", ".txt", ".tsv", ".json", ".yaml", ".yml"}
-
-
 def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files named directly, plus every non-hidden file under named folders (sorted).
-
-    Parameters
-    ----------
-    paths : list of Path
-
-    Returns
-    -------
-    list of Path
+    """Files and folder contents to analyse (see :func:`puresound_core.storage.list_local_files`).
 
     Raises
     ------
     typer.BadParameter
         If a path does not exist.
     """
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file()
-                                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                                and p.suffix.lower() not in _SKIP_SUFFIXES))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise typer.BadParameter(f"{path}: no such file or folder")
-    return files
+    from puresound_core.storage import list_local_files
+
+    try:
+        return [Path(p) for p in list_local_files(paths)]
+    except FileNotFoundError as err:
+        raise typer.BadParameter(str(err)) from err
 
 
 def _finite(value: float | None) -> float | None:

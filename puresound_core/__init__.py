@@ -18,7 +18,10 @@ loudness    ITU-R BS.1770-4 loudness, EBU Tech 3341 momentary/short-term, EBU Te
 true_peak   ITU-R BS.1770-4 Annex 2 true peak (4x oversampling)
 analysis    content class, silence, noise floor, DC offset, bandwidth, tempo
 processing  gain, true-peak limiter, high-pass, resampling, down-mix, trim
-render      render + encode one rendition, verify it, retry on lossy overshoot
+render      render + encode one rendition, verify it, retry on lossy misses
+presets     Preset / Rendition models, built-ins, YAML loading
+storage     Storage protocol; local folder and S3 backends
+lineage     SQLModel tables and queries: where every output came from
 """
 
 __version__ = "0.1.0"

@@ -8,6 +8,6 @@ what was stored, so a reader can check it. Sources are never written through a S
 from __future__ import annotations
 
 from .base import Storage, StoredObject, sha256_file
-from .local import LocalStorage
+from .local import LocalStorage, list_local_files
 
-__all__ = ["LocalStorage", "Storage", "StoredObject", "sha256_file"]
+__all__ = ["LocalStorage", "Storage", "StoredObject", "list_local_files", "sha256_file"]

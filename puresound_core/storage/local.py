@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
@@ -93,8 +94,6 @@ class LocalStorage:
         ------
         StorageError
         """
-        import hashlib
-
         dest = self._path(key)
         digest = hashlib.sha256(data).hexdigest()
         tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
@@ -107,3 +106,39 @@ class LocalStorage:
         finally:
             tmp.unlink(missing_ok=True)
         return StoredObject(uri=dest.as_uri(), key=key, sha256=digest, size_bytes=len(data), written=True)
+
+
+#: Files a folder listing leaves out: reports, notes and our own temporaries.
+NON_AUDIO_SUFFIXES = frozenset({".md", ".txt", ".tsv", ".json", ".yaml", ".yml", ".part"})
+
+
+def list_local_files(paths: list[str | os.PathLike]) -> list[str]:
+    """Files named directly plus every non-hidden file under named folders: sorted, deduplicated.
+
+    Parameters
+    ----------
+    paths : list of str or path-like
+
+    Returns
+    -------
+    list of str
+        Folder contents skip hidden entries and :data:`NON_AUDIO_SUFFIXES`; a file named
+        directly is always kept (validation then says what is wrong with it).
+
+    Raises
+    ------
+    FileNotFoundError
+        If a path does not exist.
+    """
+    found: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(str(p) for p in sorted(path.rglob("*")) if p.is_file()
+                         and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                         and p.suffix.lower() not in NON_AUDIO_SUFFIXES)
+        elif path.is_file():
+            found.append(str(path))
+        else:
+            raise FileNotFoundError(f"{raw}: no such file or folder")
+    return list(dict.fromkeys(found))
