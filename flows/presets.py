@@ -1,4 +1,4 @@
-"""Preset flows: one Prefect flow per preset, and the batch flow they share.
+"""Preset flows: one Prefect flow per preset (a batch over files / prefixes) and one ingestion flow per preset.
 
 For every input file: fingerprint -> validate -> analyse -> render + encode each rendition
 -> verify -> store -> record lineage. Files run in parallel up to ``workers``; a file
@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 import puresound_core
 from puresound_core.audio import FFMPEG_VERSION
 from puresound_core.lineage import LineageStore
-from puresound_core.presets import Preset, load_presets
+from puresound_core.presets import Preset
 from puresound_core.storage import list_local_files, sha256_file
 from puresound_core.storage.local import NON_AUDIO_SUFFIXES
 from puresound.settings import PureSoundSettings, open_storage
@@ -143,7 +143,8 @@ def list_sources(locations: list[str]) -> list[SourceRef]:
         When an S3 listing fails after retries.
     """
     from puresound.settings import s3_client
-    from puresound_core.storage.s3 import S3Storage, parse_s3_uri, untrusted_key_problem
+    from puresound_core.storage.base import untrusted_key_problem
+    from puresound_core.storage.s3 import S3Storage, parse_s3_uri
 
     refs: list[SourceRef] = []
     local = [loc for loc in locations if not loc.startswith("s3://")]
@@ -427,9 +428,3 @@ def ingest_flow(preset: Preset, *, workers: int = 2):
     return flow(name=f"ingest-{preset.name}", flow_run_name=f"ingest-{preset.name}-v{preset.version}",
                 task_runner=ThreadPoolTaskRunner(max_workers=workers), description=body.__doc__)(body)
 
-
-@flow(name="puresound-batch")
-def batch(preset: str, sources: list[str], output_dir: str | None = None):
-    """Run any preset (built-in or YAML) over files, folders and S3 prefixes."""
-    presets = load_presets(PureSoundSettings().presets_dir)
-    return run_batch(presets[preset], sources, output_dir)

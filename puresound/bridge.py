@@ -28,7 +28,7 @@ from urllib.parse import unquote_plus
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from puresound_core.storage.s3 import untrusted_key_problem
+from puresound_core.storage.base import untrusted_key_problem
 
 log = logging.getLogger("puresound.bridge")
 

@@ -66,19 +66,63 @@ def _render_key(_: TaskRunContext, p: dict) -> str:
 
 @task(name="fingerprint")
 def fingerprint(path: str) -> str:
-    """SHA-256 of a source file's bytes (the identity every cache key starts from)."""
+    """SHA-256 of a source file's bytes: the identity every cache key starts from.
+
+    Parameters
+    ----------
+    path : str
+
+    Returns
+    -------
+    str
+        Hex digest.
+
+    Raises
+    ------
+    StorageError
+        If the file cannot be read.
+    """
     return sha256_file(path)
 
 
 @task(name="validate", cache_key_fn=_validate_key, persist_result=True)
 def validate(path: str, sha256: str, limits: ValidationLimits) -> ValidationReport:
-    """Every validation rule of the preset, on one file (:func:`puresound_core.validation.validate_file`)."""
+    """Every validation rule of the preset on one file (:func:`puresound_core.validation.validate_file`).
+
+    Parameters
+    ----------
+    path : str
+    sha256 : str
+        Content hash; with ``limits`` and the code version, the cache key.
+    limits : ValidationLimits
+
+    Returns
+    -------
+    ValidationReport
+        Never raises for bad input.
+    """
     return validate_file(path, limits)
 
 
 @task(name="analyze", cache_key_fn=_analyze_key, persist_result=True)
 def analyze(path: str, sha256: str) -> AnalysisReport:
-    """Loudness, LRA, true peak and content features (:func:`puresound_core.analysis.analyze_file`)."""
+    """Loudness, LRA, true peak and content features (:func:`puresound_core.analysis.analyze_file`).
+
+    Parameters
+    ----------
+    path : str
+    sha256 : str
+        Content hash; with the code version, the cache key.
+
+    Returns
+    -------
+    AnalysisReport
+
+    Raises
+    ------
+    InvalidAudioError
+        If the file cannot be decoded (validation runs first, so this is unexpected).
+    """
     return analyze_file(path)
 
 
@@ -111,6 +155,29 @@ def render(path: str, sha256: str, preset: Preset, rendition: Rendition, analysi
 
     For lossless archive presets the decoded samples must hash like the source's, else
     the verification carries a failed ``bit_exact`` check.
+
+    Parameters
+    ----------
+    path : str
+        Local source file.
+    sha256 : str
+        Its content hash; with the preset (name, version, fingerprint), rendition and code
+        version, the cache key.
+    preset : Preset
+    rendition : Rendition
+    analysis : AnalysisReport
+    work_dir : str
+        Work area; the file goes to :func:`rendition_work_path`.
+
+    Returns
+    -------
+    RenditionResult
+        ``verification.passed`` says whether the rendition may be published.
+
+    Raises
+    ------
+    InvalidAudioError, EncodingError
+        From :func:`puresound_core.render.render_rendition`.
     """
     out = rendition_work_path(work_dir, sha256, preset, rendition)
     result = render_rendition(
@@ -136,6 +203,8 @@ def render_cached(path: str, sha256: str, preset: Preset, rendition: Rendition, 
 
     With ``PURESOUND_ENCODE_CONCURRENCY_LIMIT`` naming a Prefect global concurrency limit, every
     render holds one of its slots, which caps encoders across all runs and workers.
+
+    Parameters and return value are those of :func:`render`.
     """
     limit = PureSoundSettings().encode_concurrency_limit
     if limit:

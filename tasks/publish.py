@@ -58,13 +58,45 @@ def store_rendition(local_path: str, key: str, output_dir: str, sha256: str) -> 
 
     Called with ``.with_options(assets=[rendition URI], asset_deps=[source URI])`` so the
     orchestrator records the rendition as an asset materialised from its source.
+
+    Parameters
+    ----------
+    local_path : str
+        The verified rendition in the work area.
+    key : str
+        Relative key under ``output_dir``.
+    output_dir : str
+        Local folder or ``s3://bucket/prefix``.
+    sha256 : str
+        Checksum of ``local_path``, checked again by the storage.
+
+    Returns
+    -------
+    StoredObject
+
+    Raises
+    ------
+    StorageError
+        After the retries, on I/O errors or a checksum mismatch.
     """
     return open_storage(output_dir).put_file(local_path, key, sha256=sha256)
 
 
 def store_rendition_as_asset(local_path: str, key: str, output_dir: str, sha256: str, source_uri: str,
                              source_sha256: str) -> StoredObject:
-    """Run :func:`store_rendition` with the rendition URI as asset key and the source as dependency."""
+    """Run :func:`store_rendition` with the rendition URI as asset key and the source as dependency.
+
+    Parameters
+    ----------
+    local_path, key, output_dir, sha256 : str
+        As :func:`store_rendition`.
+    source_uri, source_sha256 : str
+        The source the asset depends on.
+
+    Returns
+    -------
+    StoredObject
+    """
     uri = open_storage(output_dir).uri(key)
     task_with_assets = store_rendition.with_options(
         assets=[Asset(key=asset_key(uri, sha256))], asset_deps=[Asset(key=asset_key(source_uri, source_sha256))])
@@ -73,7 +105,24 @@ def store_rendition_as_asset(local_path: str, key: str, output_dir: str, sha256:
 
 @task(name="store-report", **_IO_RETRIES)
 def store_report(report: dict, key: str, output_dir: str) -> StoredObject:
-    """Publish a JSON report atomically."""
+    """Publish a JSON report atomically.
+
+    Parameters
+    ----------
+    report : dict
+        JSON-serialisable (other values are written with ``str``).
+    key : str
+    output_dir : str
+        Local folder or ``s3://bucket/prefix``.
+
+    Returns
+    -------
+    StoredObject
+
+    Raises
+    ------
+    StorageError
+    """
     data = json.dumps(report, indent=2, sort_keys=False, default=str).encode()
     return open_storage(output_dir).put_bytes(data, key)
 
@@ -81,7 +130,25 @@ def store_report(report: dict, key: str, output_dir: str) -> StoredObject:
 @task(name="record-lineage", **_IO_RETRIES)
 def record_lineage(database_url: str, *, source: dict, analysis: dict | None, renditions: list[dict],
                    run_id: int, code_version: str) -> None:
-    """Write the source, its analysis and its renditions to the lineage database."""
+    """Write the source, its analysis and its renditions to the lineage database.
+
+    Parameters
+    ----------
+    database_url : str
+    source : dict
+        Keyword arguments of :meth:`LineageStore.record_source`.
+    analysis : dict or None
+        JSON of the :class:`AnalysisReport`; ``None`` for rejected sources.
+    renditions : list of dict
+        Keyword arguments of :meth:`LineageStore.record_rendition` (without ``run_id``).
+    run_id : int
+    code_version : str
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        After the retries.
+    """
     store = lineage_store(database_url)
     store.record_source(**source)
     if analysis is not None:
@@ -92,9 +159,25 @@ def record_lineage(database_url: str, *, source: dict, analysis: dict | None, re
 
 @task(name="fetch-source", **_IO_RETRIES)
 def fetch_source(uri: str, work_dir: str) -> tuple[str, str]:
-    """Download an S3 source into the work area under a safe name; returns (local path, sha256).
+    """Download an S3 source into the work area under a safe name.
 
     The object is only read: sources are never modified or deleted.
+
+    Parameters
+    ----------
+    uri : str
+        ``s3://bucket/key``.
+    work_dir : str
+
+    Returns
+    -------
+    (str, str)
+        Local path and SHA-256.
+
+    Raises
+    ------
+    StorageError
+        For a refused key, or when the download fails after the retries.
     """
     from puresound.settings import s3_client
     from puresound_core.storage.s3 import S3Storage, parse_s3_uri

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -41,8 +42,41 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+#: Longest object key S3 accepts (bytes of UTF-8).
+MAX_KEY_BYTES = 1024
+
+
+def untrusted_key_problem(key: str) -> str | None:
+    """Why a storage key (e.g. an uploader's object key) must not be used, or ``None``.
+
+    Parameters
+    ----------
+    key : str
+
+    Returns
+    -------
+    str or None
+        E.g. ``"key contains a '..' segment"``.
+    """
+    if not key:
+        return "key is empty"
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"key is longer than {MAX_KEY_BYTES} bytes"
+    if "\0" in key:
+        return "key contains NUL"
+    if "\\" in key:
+        return "key contains a backslash"
+    if key.startswith("/"):
+        return "key is absolute (starts with '/')"
+    if any(part in (".", "..") for part in key.split("/")):
+        return "key contains a '.' or '..' segment"
+    if any(unicodedata.category(ch) == "Cc" for ch in key):
+        return "key contains control characters"
+    return None
+
+
 def check_key(key: str) -> str:
-    """Reject keys that could escape the storage root.
+    """Reject keys we write under that could escape the storage root or name nothing.
 
     Parameters
     ----------
@@ -56,12 +90,11 @@ def check_key(key: str) -> str:
     Raises
     ------
     StorageError
-        For empty, absolute, ``..``-containing, backslash, NUL or over-1024-byte keys.
+        For every key :func:`untrusted_key_problem` refuses, and for empty segments (``a//b``).
     """
-    parts = key.split("/")
-    if (not key or key.startswith("/") or "\\" in key or "\0" in key or len(key.encode()) > 1024
-            or any(part in ("", ".", "..") for part in parts)):
-        raise StorageError(f"storage key {key!r} rejected: must be a relative path without '..', '\\\\' or NUL")
+    problem = untrusted_key_problem(key) or ("key has an empty segment" if "" in key.split("/") else None)
+    if problem:
+        raise StorageError(f"storage key {key[:200]!r} rejected: {problem}")
     return key
 
 

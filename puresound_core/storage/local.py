@@ -36,6 +36,18 @@ class LocalStorage:
             raise StorageError(f"storage key {key!r} resolves outside {self.root}")
         return path
 
+    def _write_atomically(self, dest: Path, key: str, fill) -> None:
+        """``fill(tmp)`` writes a hidden temporary beside ``dest``, which is then renamed over it."""
+        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fill(tmp)
+            os.replace(tmp, dest)
+        except OSError as err:
+            raise StorageError(f"{key}: cannot write to {self.root}: {err.strerror}") from err
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def uri(self, key: str) -> str:
         """``file://`` URI of ``key``."""
         return self._path(key).as_uri()
@@ -64,18 +76,13 @@ class LocalStorage:
         size = Path(local_path).stat().st_size
         if dest.exists() and dest.stat().st_size == size and sha256_file(dest) == expected:
             return StoredObject(uri=dest.as_uri(), key=key, sha256=expected, size_bytes=size, written=False)
-        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+        def fill(tmp: Path) -> None:
             shutil.copyfile(local_path, tmp)
             actual = sha256_file(tmp)
             if actual != expected:
                 raise StorageError(f"{key}: checksum mismatch after copy ({actual[:12]} != {expected[:12]})")
-            os.replace(tmp, dest)
-        except OSError as err:
-            raise StorageError(f"{key}: cannot write to {self.root}: {err.strerror}") from err
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        self._write_atomically(dest, key, fill)
         return StoredObject(uri=dest.as_uri(), key=key, sha256=expected, size_bytes=size, written=True)
 
     def put_bytes(self, data: bytes, key: str) -> StoredObject:
@@ -96,15 +103,7 @@ class LocalStorage:
         """
         dest = self._path(key)
         digest = hashlib.sha256(data).hexdigest()
-        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-            os.replace(tmp, dest)
-        except OSError as err:
-            raise StorageError(f"{key}: cannot write to {self.root}: {err.strerror}") from err
-        finally:
-            tmp.unlink(missing_ok=True)
+        self._write_atomically(dest, key, lambda tmp: tmp.write_bytes(data))
         return StoredObject(uri=dest.as_uri(), key=key, sha256=digest, size_bytes=len(data), written=True)
 
 

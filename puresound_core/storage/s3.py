@@ -21,7 +21,6 @@ import base64
 import hashlib
 import os
 import re
-import unicodedata
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,11 +33,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import StorageError
-from .base import StoredObject, check_key, sha256_file
+from .base import StoredObject, check_key, sha256_file, untrusted_key_problem
 
 #: Objects larger than this go up in parts (multipart upload).
 MULTIPART_THRESHOLD_BYTES = 16 * 1024 * 1024
-MAX_KEY_BYTES = 1024
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -99,35 +97,6 @@ def make_sqs_client(*, endpoint_url: str | None = None, region_name: str | None 
     """A boto3 SQS client with the same retry policy as :func:`make_s3_client`."""
     config = Config(retries={"max_attempts": max_attempts, "mode": "standard"})
     return (session or boto3).client("sqs", endpoint_url=endpoint_url, region_name=region_name, config=config)
-
-
-def untrusted_key_problem(key: str) -> str | None:
-    """Why an uploader's object key must not be used, or ``None`` when it is acceptable.
-
-    Parameters
-    ----------
-    key : str
-
-    Returns
-    -------
-    str or None
-        E.g. ``"key contains a '..' segment"``.
-    """
-    if not key:
-        return "key is empty"
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-        return f"key is longer than {MAX_KEY_BYTES} bytes"
-    if "\0" in key:
-        return "key contains NUL"
-    if "\\" in key:
-        return "key contains a backslash"
-    if key.startswith("/"):
-        return "key is absolute (starts with '/')"
-    if any(part in (".", "..") for part in key.split("/")):
-        return "key contains a '.' or '..' segment"
-    if any(unicodedata.category(ch) == "Cc" for ch in key):
-        return "key contains control characters"
-    return None
 
 
 def safe_local_name(key: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+from prefect.client.schemas.filters import FlowRunFilter
 from prefect.deployments import run_deployment
 
 from flows.presets import RunRequest, ingest_flow, preset_flow
@@ -69,13 +69,17 @@ def world(moto_url, prefect_server, tmp_path_factory):
 
 
 def _wait_for_deployment(flow_name: str, name: str, timeout_s: float = 120.0) -> None:
+    """Poll until the runner has registered ``flow_name/name`` (it does so at start-up)."""
+    from prefect.exceptions import ObjectNotFound
+
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            found = client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
-            if any(d.entrypoint and flow_name in (d.flow_id and client.read_flow(d.flow_id).name or "") for d in found):
+            try:
+                client.read_deployment_by_name(f"{flow_name}/{name}")
                 return
-            time.sleep(0.5)
+            except ObjectNotFound:
+                time.sleep(0.5)
     raise AssertionError(f"deployment {flow_name}/{name} not registered within {timeout_s} s")
 
 
