@@ -24,6 +24,7 @@ import scipy.signal
 from pydantic import BaseModel, ConfigDict
 
 from .audio import check_audio
+from .channels import bs1770_weights, channel_names
 from .errors import InvalidAudioError
 from .true_peak import TruePeakMeter, amplitude_to_db
 
@@ -81,32 +82,41 @@ def k_weighting_sos(sample_rate_hz: int) -> np.ndarray:
     return np.array([shelf, highpass], dtype=np.float64)
 
 
-def channel_weights(channels: int, layout: str | None = None) -> np.ndarray:
+def channel_weights(channels: int, layout: str | None = None, *, dual_mono: bool = False) -> np.ndarray:
     """BS.1770-4 channel weights G_i for a channel count / FFmpeg layout name.
 
     Parameters
     ----------
     channels : int > 0
     layout : str, optional
-        FFmpeg layout name (``"5.1"``, ``"5.1(side)"``...). Without one, 5 channels are taken
-        as L, R, C, Ls, Rs and 6 as FFmpeg's 5.1 order L, R, C, LFE, Ls, Rs.
+        FFmpeg layout name (``"5.1"``, ``"5.1(side)"``, ``"7.1"``, ``"7.1.4"``...). Without
+        one, or for an unspecified layout such as ``"6 channels"`` (a WAV without a channel
+        mask), the default layout for the count is assumed
+        (:func:`puresound_core.channels.default_layout`: 5 = 5.0, 6 = 5.1, 7 = 6.1, 8 = 7.1).
+    dual_mono : bool
+        Count a mono signal twice (G = 2.0, +3.01 LU): the loudness of a mono programme
+        played on both loudspeakers of a stereo system, as FFmpeg ``ebur128=dualmono=true``
+        and libebur128's ``EBUR128_DUAL_MONO``. No effect on 2 or more channels.
 
     Returns
     -------
-    np.ndarray [shape=(channels,)]
-        1.0 for front channels, 1.41 (+1.5 dB) for surrounds, 0 for LFE.
+    np.ndarray [shape=(channels,)], float64
+        1.0 for front and height channels, 1.41 (+1.5 dB) for side / back surrounds, 0 for
+        LFE (see :func:`puresound_core.channels.bs1770_weights`); ``[2.0]`` for dual mono.
+
+    Raises
+    ------
+    InvalidAudioError
+        If the layout names a different number of channels (rule ``channel_layout``).
 
     References
     ----------
-    ITU-R BS.1770-4, Table 3.
+    ITU-R BS.1770-4 (10/2015), eq. 2 and Table 3; FFmpeg ``ebur128`` filter (``dualmono``);
+    libebur128 ``EBUR128_DUAL_MONO``.
     """
-    weights = np.ones(channels)
-    if channels == 5:
-        weights[3:5] = 1.41
-    elif channels == 6 and (layout is None or layout.startswith("5.1")):
-        weights[3] = 0.0
-        weights[4:6] = 1.41
-    return weights
+    if dual_mono and channels == 1:
+        return np.array([2.0])
+    return bs1770_weights(channel_names(channels, layout))
 
 
 def _energy_to_lufs(mean_square: np.ndarray | float) -> np.ndarray | float:
@@ -173,24 +183,30 @@ class LoudnessMeter:
     channels : int > 0
     layout : str, optional
         FFmpeg channel layout name, for the channel weights (see :func:`channel_weights`).
+    dual_mono : bool
+        Measure a mono signal as dual mono (weight 2.0, +3.01 LU): what a listener hears
+        when the mono programme plays on both loudspeakers of a stereo system. Ignored for
+        2 or more channels.
 
     Raises
     ------
     InvalidAudioError
-        From :meth:`process` when a block holds NaN or inf (rule ``finite_samples``) or has
-        the wrong channel count.
+        On construction if the rate or channel count is not positive or ``layout`` has
+        another channel count (rule ``channel_layout``); from :meth:`process` when a block
+        holds NaN or inf (rule ``finite_samples``) or has the wrong channel count.
 
     References
     ----------
     ITU-R BS.1770-4 (10/2015); EBU Tech 3341 (2016); EBU Tech 3342 (2016).
     """
 
-    def __init__(self, *, sample_rate_hz: int, channels: int, layout: str | None = None):
+    def __init__(self, *, sample_rate_hz: int, channels: int, layout: str | None = None,
+                 dual_mono: bool = False):
         if sample_rate_hz <= 0 or channels <= 0:
             raise InvalidAudioError(f"loudness meter: invalid rate {sample_rate_hz} Hz / channels {channels}")
         self.sample_rate_hz = int(sample_rate_hz)
         self.channels = int(channels)
-        self._weights = channel_weights(channels, layout)
+        self._weights = channel_weights(channels, layout, dual_mono=dual_mono)
         self._sos = k_weighting_sos(sample_rate_hz)
         self._zi = np.zeros((self._sos.shape[0], channels, 2))
         self._samples = 0
@@ -334,6 +350,7 @@ def measure_loudness(
     sample_rate_hz: int,
     channels: int | None = None,
     layout: str | None = None,
+    dual_mono: bool = False,
 ) -> LoudnessReport:
     """Measure loudness, LRA and peaks of a signal or a block stream in one pass.
 
@@ -344,7 +361,9 @@ def measure_loudness(
     channels : int, optional
         Required when ``audio`` is an iterable of blocks.
     layout : str, optional
-        FFmpeg channel layout name, for BS.1770-4 channel weights.
+        FFmpeg channel layout name, for BS.1770-4 channel weights (see :func:`channel_weights`).
+    dual_mono : bool
+        Measure a mono signal as dual mono (+3.01 LU), like FFmpeg ``ebur128=dualmono=true``.
 
     Returns
     -------
@@ -353,7 +372,8 @@ def measure_loudness(
     Raises
     ------
     InvalidAudioError
-        If the signal holds NaN / inf (rule ``finite_samples``) or has the wrong layout.
+        If the signal holds NaN / inf (rule ``finite_samples``), has the wrong layout, or
+        ``layout`` names another channel count (rule ``channel_layout``).
 
     References
     ----------
@@ -367,7 +387,7 @@ def measure_loudness(
         if channels is None:
             raise InvalidAudioError("measure_loudness: channels is required for a block stream")
         blocks = audio
-    meter = LoudnessMeter(sample_rate_hz=sample_rate_hz, channels=channels, layout=layout)
+    meter = LoudnessMeter(sample_rate_hz=sample_rate_hz, channels=channels, layout=layout, dual_mono=dual_mono)
     for block in blocks:
         meter.process(block)
     return meter.report()

@@ -58,12 +58,14 @@ def oversampled_envelope(audio_with_history: np.ndarray) -> np.ndarray:
 
     Parameters
     ----------
-    audio_with_history : np.ndarray [shape=(channels, 11 + n)], float32
+    audio_with_history : np.ndarray [shape=(channels, 11 + n)], float32, n >= 0
         The signal preceded by the 11 samples before it (zeros at the start of a stream).
+        ``n = 0`` (an empty block, e.g. a resampler that had no output yet) gives an empty
+        envelope; so does anything shorter than the 11 samples of history.
 
     Returns
     -------
-    np.ndarray [shape=(channels, n)], float32
+    np.ndarray [shape=(channels, max(n, 0))], float32
         For output sample ``i``: the maximum of ``|x[i]|`` and the four interpolated values of
         the 12-sample window ending at ``i``. The filter's group delay is 5.5 samples, so
         those values are reconstructed peaks lying between samples ``i - 6`` and ``i - 5``;
@@ -73,6 +75,10 @@ def oversampled_envelope(audio_with_history: np.ndarray) -> np.ndarray:
     ----------
     ITU-R BS.1770-4 (10/2015), Annex 2, Fig. 1 and Table 1.
     """
+    if audio_with_history.shape[1] < _TAPS:
+        # No complete 12-sample window: no sample to report (sliding_window_view would raise).
+        return np.zeros((audio_with_history.shape[0], 0),
+                        dtype=np.result_type(audio_with_history.dtype, _KERNEL.dtype))
     windows = sliding_window_view(audio_with_history, _TAPS, axis=1)  # (ch, n, 12)
     phases = windows @ _KERNEL                                           # (ch, n, 4)
     # Element-wise maxima of the four phase planes: ~5x faster than a reduction over axis 2.

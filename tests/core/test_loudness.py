@@ -145,3 +145,95 @@ def test_rms_and_sample_peak_of_a_full_scale_sine():
     report = measure_loudness(sine(0, 2, 48000, freq_hz=997), sample_rate_hz=48000)
     assert report.sample_peak_dbfs == pytest.approx(0.0, abs=0.01)
     assert report.rms_dbfs == pytest.approx(-3.01, abs=0.01)
+
+
+# --------------------------------------------------------------------------- channel weights
+
+SURROUND_GAIN_LU = 10 * math.log10(1.41)   # BS.1770-4 Table 3: G = 1.41 -> +1.49 LU
+
+
+def _only_in(channel: int, channels: int, signal: np.ndarray) -> np.ndarray:
+    audio = np.zeros((channels, signal.shape[1]), dtype=np.float32)
+    audio[channel] = signal[0]
+    return audio
+
+
+@pytest.mark.parametrize(("layout", "channels", "surround", "lfe"), [
+    ("5.1", 6, "BL", "LFE"),
+    ("5.1(side)", 6, "SR", "LFE"),
+    ("6 channels", 6, "BR", "LFE"),   # a WAV without a channel mask: default 5.1
+    (None, 6, "BL", "LFE"),
+    ("7.1", 8, "BL", "LFE"),
+    ("7.1", 8, "SR", "LFE"),
+    (None, 8, "SL", "LFE"),           # default 7.1
+    ("7.1.4", 12, "BR", "LFE"),
+])
+def test_surround_reads_1_49_lu_above_front_and_lfe_counts_nothing(layout, channels, surround, lfe):
+    from puresound_core.channels import channel_names
+
+    names = channel_names(channels, layout)
+    noise = pink_noise(5, 48000, channels=1, level_dbfs=-25, seed=7)
+    front = measure_loudness(_only_in(0, channels, noise), sample_rate_hz=48000, layout=layout)
+    back = measure_loudness(_only_in(names.index(surround), channels, noise), sample_rate_hz=48000, layout=layout)
+    assert back.integrated_lufs - front.integrated_lufs == pytest.approx(SURROUND_GAIN_LU, abs=0.01)
+    lfe_only = measure_loudness(_only_in(names.index(lfe), channels, noise), sample_rate_hz=48000, layout=layout)
+    assert lfe_only.integrated_lufs is None and "absolute gate" in lfe_only.reason
+    with_lfe = _only_in(0, channels, noise)
+    with_lfe[names.index(lfe)] = pink_noise(5, 48000, channels=1, level_dbfs=-6, seed=8)[0]
+    assert measure_loudness(with_lfe, sample_rate_hz=48000, layout=layout).integrated_lufs == pytest.approx(
+        front.integrated_lufs, abs=1e-9)
+
+
+def test_height_channels_weigh_like_front_ones():
+    noise = pink_noise(5, 48000, channels=1, level_dbfs=-25, seed=9)
+    front = measure_loudness(_only_in(0, 12, noise), sample_rate_hz=48000, layout="7.1.4")
+    top = measure_loudness(_only_in(8, 12, noise), sample_rate_hz=48000, layout="7.1.4")   # TFL
+    assert top.integrated_lufs == pytest.approx(front.integrated_lufs, abs=1e-9)
+
+
+def test_six_channel_wav_without_mask_measures_like_pyloudnorm_without_the_lfe(tmp_path):
+    import pyloudnorm
+
+    from puresound_core.audio import iter_blocks, probe
+    from tests.conftest import write_wav
+
+    rate = 48000
+    t = np.arange(10 * rate) / rate
+    audio = np.stack([a * np.sin(2 * np.pi * f * t) for a, f in
+                      [(0.1, 440), (0.1, 550), (0.2, 1000), (0.5, 60), (0.1, 2000), (0.1, 3000)]]).astype(np.float32)
+    path = write_wav(tmp_path / "six.wav", audio, rate, subtype="FLOAT")
+    info = probe(path)
+    assert info.channel_layout == "6 channels"
+    decoded = np.concatenate(list(iter_blocks(path)), axis=1)
+    ours = measure_loudness(decoded, sample_rate_hz=rate, layout=info.channel_layout).integrated_lufs
+    # pyloudnorm has no LFE: give it L, R, C, Ls, Rs (its 5-channel weights 1, 1, 1, 1.41, 1.41).
+    reference = pyloudnorm.Meter(rate, filter_class="DeMan").integrated_loudness(
+        decoded[[0, 1, 2, 4, 5]].T.astype(np.float64))
+    assert ours == pytest.approx(reference, abs=0.01)
+
+
+def test_layout_with_another_channel_count_is_rejected():
+    with pytest.raises(InvalidAudioError) as err:
+        LoudnessMeter(sample_rate_hz=48000, channels=2, layout="5.1")
+    assert err.value.rule == "channel_layout"
+
+
+# --------------------------------------------------------------------------- dual mono
+
+def test_dual_mono_equals_the_signal_duplicated_into_stereo():
+    mono = pink_noise(8, 48000, channels=1, level_dbfs=-24, seed=11)
+    dual = measure_loudness(mono, sample_rate_hz=48000, dual_mono=True).integrated_lufs
+    plain = measure_loudness(mono, sample_rate_hz=48000).integrated_lufs
+    stereo = measure_loudness(np.repeat(mono, 2, axis=0), sample_rate_hz=48000).integrated_lufs
+    assert dual == pytest.approx(stereo, abs=0.01)
+    assert dual - plain == pytest.approx(10 * math.log10(2), abs=0.01)
+    streamed = LoudnessMeter(sample_rate_hz=48000, channels=1, layout="mono", dual_mono=True)
+    for start in range(0, mono.shape[1], 4321):
+        streamed.process(mono[:, start:start + 4321])
+    assert streamed.report().integrated_lufs == pytest.approx(dual, abs=1e-6)
+
+
+def test_dual_mono_does_not_change_stereo():
+    audio = pink_noise(5, 48000, seed=12)
+    assert measure_loudness(audio, sample_rate_hz=48000, dual_mono=True).integrated_lufs == pytest.approx(
+        measure_loudness(audio, sample_rate_hz=48000).integrated_lufs, abs=1e-12)

@@ -61,3 +61,16 @@ def test_quiet_blocks_after_the_peak_are_pruned_without_changing_the_result():
     quiet = loud * 0.01
     both = np.concatenate([loud, quiet], axis=1)
     assert true_peak_dbtp(both) == pytest.approx(true_peak_dbtp(loud), abs=1e-6)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_envelope_of_an_empty_or_tiny_block(n):
+    from puresound_core.true_peak import oversampled_envelope
+
+    history = np.zeros((2, 11), dtype=np.float32)
+    block = np.full((2, n), 0.5, dtype=np.float32)
+    envelope = oversampled_envelope(np.concatenate([history, block], axis=1))
+    assert envelope.shape == (2, n)
+    if n:
+        assert envelope.max() >= 0.5
+    assert oversampled_envelope(np.zeros((2, 5), dtype=np.float32)).shape == (2, 0)
