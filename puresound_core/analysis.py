@@ -171,6 +171,7 @@ class ContentAnalyzer:
         self._mel = librosa.filters.mel(sr=FEATURE_RATE_HZ, n_fft=_N_FFT, n_mels=_N_MELS).astype(np.float32)
         self._last_mel_db: np.ndarray | None = None
         self._onset: list[np.ndarray] = []
+        self._report: ContentReport | None = None
 
     def process(self, block: np.ndarray) -> None:
         """Add the next block.
@@ -215,7 +216,11 @@ class ContentAnalyzer:
         Returns
         -------
         ContentReport
+            The same object on every call: the first call flushes the feature resampler,
+            after which :meth:`process` must not be called again.
         """
+        if self._report is not None:
+            return self._report
         self._onset_from(self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
         frame_ms = np.concatenate(self._frame_ms) if self._frame_ms else np.zeros(0)
         onset = np.concatenate(self._onset) if self._onset else np.zeros(0)
@@ -262,7 +267,7 @@ class ContentAnalyzer:
             excerpt = onset[mid:mid + keep]
             tempo = float(librosa.feature.tempo(onset_envelope=excerpt, sr=FEATURE_RATE_HZ,
                                                 hop_length=_HOP)[0])
-        return ContentReport(
+        self._report = ContentReport(
             content_class=content_class, decided_by=decided_by,
             speech_segment_ratio=len(speech) / len(active) if active else 0.0,
             low_energy_ratio=ler, pulse_clarity=pulse, segment_classes=letters,
@@ -272,6 +277,7 @@ class ContentAnalyzer:
             dc_offset=[float(v) for v in (self._dc_sum / max(self._samples, 1))],
             bandwidth_hz=self._bandwidth_hz(), tempo_bpm=tempo,
         )
+        return self._report
 
     def _segments(self, frame_ms: np.ndarray, onset: np.ndarray, silent: np.ndarray) -> list[tuple]:
         """(low-energy ratio, pulse clarity, letter) for each ~20 s segment."""

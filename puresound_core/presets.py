@@ -26,11 +26,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator,
+                      model_validator)
 
 from .audio import EncoderSettings
 from .errors import PresetError
@@ -38,6 +40,72 @@ from .render import LoudnessTarget
 from .validation import ValidationLimits
 
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+#: A preset version becomes part of paths and cache keys: letters, digits, ``.``, ``_``, ``-``.
+VersionSlug = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")]
+
+#: Fields an ``output_naming`` template may use.
+NAMING_FIELDS = ("stem", "sha8", "sha16", "preset", "version")
+_NAMING_TOKEN = re.compile(r"\{([^{}]*)\}")
+_NAMING_LITERAL = re.compile(r"^[A-Za-z0-9._-]*$")
+#: Longest source stem that enters a folder name (characters).
+STEM_MAX_CHARS = 80
+
+
+def check_output_naming(template: str) -> str:
+    """Check an ``output_naming`` template: known ``{field}`` tokens and slug characters only.
+
+    Parameters
+    ----------
+    template : str
+        E.g. ``"{stem}-{sha8}"``; fields are :data:`NAMING_FIELDS`; the literal text between
+        them may hold letters, digits, ``.``, ``_`` and ``-``; ``{sha8}`` or ``{sha16}`` must
+        appear so that different sources never share a folder.
+
+    Returns
+    -------
+    str
+        The template, unchanged.
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown field or the refused character.
+    """
+    if not 1 <= len(template) <= 64:
+        raise ValueError(f"must be 1 to 64 characters, got {len(template)}")
+    fields = _NAMING_TOKEN.findall(template)
+    for field in fields:
+        if field not in NAMING_FIELDS:
+            raise ValueError(f"unknown field {{{field}}}; known: {', '.join('{' + f + '}' for f in NAMING_FIELDS)}")
+    literal = _NAMING_TOKEN.sub("", template)
+    if not _NAMING_LITERAL.match(literal):
+        bad = sorted({c for c in literal if not _NAMING_LITERAL.match(c)})
+        raise ValueError(f"characters {bad!r} are not allowed outside fields (letters, digits, '.', '_', '-')")
+    if "sha8" not in fields and "sha16" not in fields:
+        raise ValueError("must contain {sha8} or {sha16} so different sources never collide")
+    if template.startswith("."):
+        raise ValueError("must not start with '.' (hidden folders are skipped as inputs)")
+    return template
+
+
+def safe_stem(name: str) -> str:
+    """A file name's stem reduced to slug characters, whatever its bytes.
+
+    Parameters
+    ----------
+    name : str
+        A file name; may hold undecodable bytes as surrogate escapes (``os.fsdecode``).
+
+    Returns
+    -------
+    str
+        At most :data:`STEM_MAX_CHARS` of ``[A-Za-z0-9._-]``, not starting with ``.``;
+        ``"source"`` when nothing is left.
+    """
+    stem = name.rsplit("/", 1)[-1]
+    stem = stem.rsplit(".", 1)[0] if "." in stem.lstrip(".") else stem
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:STEM_MAX_CHARS].lstrip(".")
+    return cleaned or "source"
 
 
 class Rendition(BaseModel):
@@ -59,6 +127,17 @@ class Rendition(BaseModel):
     encoder: EncoderSettings
     source_format: bool = False
 
+    @model_validator(mode="after")
+    def _verifiable(self) -> Rendition:
+        # An Ogg Opus file always decodes at 48 kHz (RFC 7845 s. 5.1: the rate in the header
+        # is informational), so any other output rate could never pass verification.
+        if self.encoder.codec == "opus" and self.encoder.sample_rate_hz != 48000 and not self.source_format:
+            raise ValueError(f"encoder.sample_rate_hz: opus renditions decode at 48000 Hz (RFC 7845 s. 5.1), "
+                             f"got {self.encoder.sample_rate_hz}; set 48000")
+        if self.encoder.codec == "opus" and self.source_format:
+            raise ValueError("source_format: opus cannot keep the source's rate (it decodes at 48000 Hz)")
+        return self
+
 
 class ProcessingOptions(BaseModel):
     """Processing applied before encoding.
@@ -70,6 +149,10 @@ class ProcessingOptions(BaseModel):
     trim_silence : bool
         Cut leading / trailing silence, keeping ``trim_keep_s`` of it.
     trim_keep_s : float
+    downmix : {"bs775", "legacy"}
+        How a source with more channels than a rendition is folded down: ``"bs775"``
+        (ITU-R BS.775 from the probed layout, LFE dropped; the default) or ``"legacy"``
+        (Pure Sound 0.1: mono averages every channel, stereo keeps channel 0).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -77,6 +160,7 @@ class ProcessingOptions(BaseModel):
     highpass_hz: float | None = Field(default=None, gt=0, le=1000)
     trim_silence: bool = False
     trim_keep_s: float = Field(default=0.1, ge=0, le=5)
+    downmix: Literal["bs775", "legacy"] = "bs775"
 
 
 class RoomToneRule(BaseModel):
@@ -114,13 +198,15 @@ class Preset(BaseModel):
         No processing; renditions must be lossless and are verified bit-exact.
     room_tone : RoomToneRule or None
     output_naming : str
-        Folder name of a source's outputs; ``{stem}`` and ``{sha8}`` are filled in.
+        Folder name of a source's outputs: a template of :data:`NAMING_FIELDS` (``{stem}``,
+        ``{sha8}``, ``{sha16}``, ``{preset}``, ``{version}``) and slug characters, checked
+        when the preset loads (:func:`check_output_naming`); see :meth:`output_folder`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: Slug
-    version: str = Field(min_length=1, max_length=32)
+    version: VersionSlug
     description: str = ""
     standard: str = ""
     validation: ValidationLimits = ValidationLimits()
@@ -138,9 +224,32 @@ class Preset(BaseModel):
             raise ValueError(f"rendition names must be unique, got {names}")
         if self.lossless_archive and not all(r.encoder.lossless for r in self.renditions):
             raise ValueError("lossless_archive presets take only flac / wav renditions")
-        if "{sha8}" not in self.output_naming:
-            raise ValueError("output_naming must contain {sha8} so different sources never collide")
         return self
+
+    @field_validator("output_naming")
+    @classmethod
+    def _naming(cls, value: str) -> str:
+        return check_output_naming(value)
+
+    def output_folder(self, source_name: str, sha256: str) -> str:
+        """The folder of one source's outputs, relative to the output root.
+
+        Parameters
+        ----------
+        source_name : str
+            The source's file name (any bytes; reduced by :func:`safe_stem`).
+        sha256 : str
+            The source's content hash (hex).
+
+        Returns
+        -------
+        str
+            ``{preset name}/{output_naming filled in}``: slug characters only, never ``..``.
+        """
+        values = {"stem": safe_stem(source_name), "sha8": sha256[:8], "sha16": sha256[:16],
+                  "preset": self.name, "version": self.version}
+        folder = _NAMING_TOKEN.sub(lambda m: values[m.group(1)], self.output_naming)
+        return f"{self.name}/{folder}"
 
     @property
     def fingerprint(self) -> str:

@@ -1,19 +1,24 @@
-"""Render, encode and verify one rendition; retry once when a lossy encode overshoots.
+"""Render, encode and verify one rendition; retries that converge when a lossy encode misses.
 
 :func:`render_rendition` is the whole path from a source file to a checked rendition:
 
-1. plan: gain to the loudness target, measured on the signal the chain will actually
-   deliver (after trim, down-mix and high-pass: all linear, so a gain of x dB moves it by
-   exactly x LU); the limiter is enabled only when that gain would push
-   the true peak over the ceiling, and then the gain is raised by what limiting took off
-   (re-measured, processing only, up to three passes);
+1. plan (:func:`plan_rendition`): the loudness of the signal the chain will deliver (after
+   trim, down-mix and high-pass: all linear, so a gain of x dB moves it by exactly x LU),
+   *as played*: a mono rendition is measured as dual-mono (BS.1770 with the channel counted
+   twice, as FFmpeg's ebur128 ``dualmono`` and libebur128's ``EBUR128_DUAL_MONO``), so the
+   mono and stereo renditions of one source play equally loud. The gain aims at the target;
+   the limiter is enabled only when that gain would push the true peak over the ceiling,
+   and then the gain is raised by what limiting took off (processing-only passes, within a
+   quarter of the tolerance). What can be known here is checked here (rules
+   ``loudness_measurable``, ``gain_max``, ``max_gain_reduction``), before any rendering;
 2. render and encode in one streaming pass (bounded memory);
 3. verify (:func:`verify_rendition`): decode the file and re-measure it;
-4. when a lossy encode misses (true peak over the ceiling, or loudness off target because
-   the codec's low-pass took energy away), render once more with the ceiling lowered by the
-   overshoot plus a margin and / or the gain corrected by the miss (and the limiter's
-   loudness loss won back), and say so in the result; a third attempt is made only when
-   the second still misses.
+4. when a lossy encode misses, render again with corrections that *accumulate*: the
+   pre-encode loudness aim moves by the measured miss (``aim = aim + (target - measured)``),
+   a true-peak overshoot lowers the limiter ceiling by the overshoot plus a margin. Every
+   attempt must be closer than the best one before it, else the loop stops and says why;
+   the best attempt is kept;
+5. gain tags (ReplayGain 2.0 / Opus R128) are written from the verified measurement.
 """
 
 from __future__ import annotations
@@ -28,23 +33,28 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .analysis import AnalysisReport, ContentAnalyzer
+from .cancel import stoppable
 from .audio import EncodeResult, EncoderSettings, encode_blocks, iter_blocks, probe
+from .gain_tags import R128_REFERENCE_LUFS, REPLAYGAIN_REFERENCE_LUFS, gain_tags, write_tags
 from .loudness import LoudnessMeter, LoudnessReport
 from .processing import ProcessingPlan, ProcessingStats, process_blocks
 
+__all__ = [
+    "DUAL_MONO_OFFSET_LU", "LoudnessTarget", "PlanProblem", "R128_REFERENCE_LUFS", "REPLAYGAIN_REFERENCE_LUFS",
+    "RenditionPlan", "RenditionResult", "VerificationCheck", "VerificationReport", "bit_exact_check", "decoded_sha256",
+    "plan_rendition", "render_rendition", "verify_rendition",
+]
+
 #: Duration check of :func:`verify_rendition`: within 50 ms of the source after priming.
 DURATION_TOLERANCE_S = 0.050
-#: Extra headroom (dB) taken on the second attempt after a lossy overshoot: the overshoot
+#: Extra headroom (dB) taken on a retry after a lossy true-peak overshoot: the overshoot
 #: grows as the limiter works harder, so lowering by the overshoot alone is not enough.
 RETRY_MARGIN_DB = 0.5
-#: ReplayGain 2.0 reference level (LUFS); Opus R128 gain tags are relative to -23 LUFS.
-REPLAYGAIN_REFERENCE_LUFS = -18.0
-R128_REFERENCE_LUFS = -23.0
+#: A mono channel counted twice reads 10 log10(2) = 3.01 LU louder (BS.1770-4 eq. 2, G = 2).
+DUAL_MONO_OFFSET_LU = 10.0 * math.log10(2.0)
 #: Processing-only passes that add back the loudness a limiter took off.
 COMPENSATION_PASSES = 3
-#: Renders of one rendition at most: the first, then retries while a lossy encode misses.
-#: Usually one retry suffices; heavily limited material through a low-bitrate codec can
-#: overshoot more as the limiter works harder, so a third attempt is allowed.
+#: Renders of one rendition at most.
 MAX_ATTEMPTS = 3
 
 
@@ -54,7 +64,8 @@ class LoudnessTarget(BaseModel):
     Attributes
     ----------
     target_lufs : float or None
-        Integrated loudness to normalise to; ``None`` leaves the level alone.
+        Integrated loudness to normalise to, as played (see ``dual_mono``); ``None`` leaves
+        the level alone.
     tolerance_lu : float
         Largest accepted |measured - target|.
     ceiling_dbtp : float or None
@@ -65,11 +76,21 @@ class LoudnessTarget(BaseModel):
         Accepted RMS range.
     sample_peak_max_dbfs, noise_floor_max_dbfs : float or None
         Largest accepted sample peak / noise floor (5th percentile of 50 ms RMS).
+    dual_mono : bool
+        Measure mono renditions as dual-mono (the channel counted twice, +3.01 LU): how a
+        mono file sounds on two loudspeakers. ``False`` measures the single channel.
+    max_gain_db : float
+        Largest gain the preset applies to reach its target (rule ``gain_max``): a source
+        that needs more is mostly noise floor and is rejected before rendering.
+    max_gain_reduction_db : float or None
+        Most peak limiting (dB of gain reduction) the preset accepts; predicted before
+        rendering (rule ``max_gain_reduction``) and checked on the render
+        (verification check ``gain_reduction``). ``None``: no cap.
 
     References
     ----------
     EBU R 128 (2020): -23 LUFS +-0.5 LU (+-1 LU live), -1 dBTP; AES TD1008 and Apple Podcasts
-    (-16 LUFS, -1 dBTP).
+    (-16 LUFS, -1 dBTP); FFmpeg ebur128 filter ``dualmono`` option; libebur128 ``EBUR128_DUAL_MONO``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -81,6 +102,9 @@ class LoudnessTarget(BaseModel):
     rms_range_dbfs: tuple[float, float] | None = None
     sample_peak_max_dbfs: float | None = Field(default=None, le=0)
     noise_floor_max_dbfs: float | None = Field(default=None, le=0)
+    dual_mono: bool = True
+    max_gain_db: float = Field(default=40.0, gt=0, le=120)
+    max_gain_reduction_db: float | None = Field(default=20.0, gt=0, le=60)
 
     @model_validator(mode="after")
     def _one_level_target(self) -> LoudnessTarget:
@@ -96,7 +120,8 @@ class VerificationCheck(BaseModel):
     ----------
     check : str
         ``integrated_loudness``, ``true_peak``, ``rms``, ``sample_peak``, ``noise_floor``,
-        ``duration``, ``channels``, ``sample_rate``.
+        ``gain_reduction``, ``duration``, ``channels``, ``sample_rate`` (``bit_exact`` for
+        archive renditions).
     passed : bool
     measured, expected : float or str or None
     message : str
@@ -120,7 +145,14 @@ class VerificationReport(BaseModel):
     passed : bool
     checks : list of VerificationCheck
     loudness : LoudnessReport
-        Measured on the decoded file.
+        Measured on the decoded file, as played (a mono file as dual-mono when the target
+        says so: ``integrated_lufs`` is then 3.01 LU above the single-channel reading).
+    dual_mono : bool
+        True when ``loudness`` counts a mono channel twice.
+    single_channel_lufs : float or None
+        The plain BS.1770 reading of a mono file measured as dual-mono (``loudness`` minus
+        3.01 LU; blocks within 3 dB of the -70 LUFS absolute gate aside, this is exact);
+        equal to ``loudness.integrated_lufs`` otherwise.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -129,11 +161,59 @@ class VerificationReport(BaseModel):
     passed: bool
     checks: list[VerificationCheck]
     loudness: LoudnessReport
+    dual_mono: bool = False
+    single_channel_lufs: float | None = None
 
     @property
     def failures(self) -> list[VerificationCheck]:
         """list of VerificationCheck: the failed checks."""
         return [c for c in self.checks if not c.passed]
+
+
+class PlanProblem(BaseModel):
+    """Why a rendition cannot meet its target, known before rendering.
+
+    Attributes
+    ----------
+    rule : {"loudness_measurable", "gain_max", "max_gain_reduction"}
+    measured, limit : float or None
+    message : str
+        Names the file, the rule and the values.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str
+    measured: float | None = None
+    limit: float | None = None
+    message: str
+
+
+class RenditionPlan(BaseModel):
+    """How a rendition will be made, decided before rendering.
+
+    Attributes
+    ----------
+    plan : ProcessingPlan
+        The first attempt's processing (gain, limiter, down-mix, resampling...).
+    delivered_lufs : float or None
+        Loudness, as played, of the delivered signal before gain (``None``: not measurable).
+    delivered_true_peak_dbtp, delivered_rms_dbfs : float
+        Of the delivered signal before gain.
+    expected_duration_s : float
+        After trim.
+    problems : list of PlanProblem
+        Non-empty when the rendition cannot meet its target: do not render.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    plan: ProcessingPlan
+    delivered_lufs: float | None
+    delivered_true_peak_dbtp: float
+    delivered_rms_dbfs: float
+    expected_duration_s: float
+    problems: list[PlanProblem] = []
 
 
 class RenditionResult(BaseModel):
@@ -149,9 +229,13 @@ class RenditionResult(BaseModel):
     encode : EncodeResult
     verification : VerificationReport
     attempts : int
-        1 to :data:`MAX_ATTEMPTS`; more than 1 when a lossy encode missed a target.
+        Renders made, 1 to :data:`MAX_ATTEMPTS`.
+    kept_attempt : int
+        Which attempt's file was kept (the closest to the targets).
     retry_reason : str or None
-        What each retry changed and why.
+        What each retry changed and why, and why the loop stopped.
+    gain_tags : dict of str to str
+        ReplayGain / R128 tags written from the verified measurement.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -163,11 +247,17 @@ class RenditionResult(BaseModel):
     encode: EncodeResult
     verification: VerificationReport
     attempts: int
+    kept_attempt: int = 1
     retry_reason: str | None = None
+    gain_tags: dict[str, str] = {}
 
 
 def _fmt(value: float | None, unit: str) -> str:
     return "none" if value is None else f"{value:.2f} {unit}"
+
+
+def _played_as_dual_mono(channels: int, target: LoudnessTarget) -> bool:
+    return channels == 1 and target.dual_mono
 
 
 def verify_rendition(
@@ -177,6 +267,7 @@ def verify_rendition(
     target: LoudnessTarget,
     expected_duration_s: float,
     duration_tolerance_s: float = DURATION_TOLERANCE_S,
+    processing: ProcessingStats | None = None,
 ) -> VerificationReport:
     """Decode an encoded rendition and check it against its targets.
 
@@ -186,11 +277,15 @@ def verify_rendition(
     settings : EncoderSettings
         The channels and sample rate that were asked for.
     target : LoudnessTarget
+        Loudness is checked as played: a mono file as dual-mono when ``target.dual_mono``.
     expected_duration_s : float
         Duration of the processed programme (after any trim).
     duration_tolerance_s : float
         50 ms by default: decoders remove codec priming (LAME/Xing delay, MP4 edit lists,
         Opus pre-skip); what is left is end padding.
+    processing : ProcessingStats, optional
+        What the chain did; with ``target.max_gain_reduction_db`` it adds the
+        ``gain_reduction`` check.
 
     Returns
     -------
@@ -203,26 +298,32 @@ def verify_rendition(
 
     References
     ----------
-    ITU-R BS.1770-4 (loudness, Annex 2 true peak); EBU R 128 s. 4.
+    ITU-R BS.1770-4 (loudness, Annex 2 true peak); EBU R 128 s. 4; FFmpeg ebur128 ``dualmono``.
     """
     p = Path(path)
     info = probe(p)
-    meter = LoudnessMeter(sample_rate_hz=info.sample_rate_hz, channels=info.channels, layout=info.channel_layout)
+    dual = _played_as_dual_mono(info.channels, target)
+    meter = LoudnessMeter(sample_rate_hz=info.sample_rate_hz, channels=info.channels, layout=info.channel_layout,
+                          dual_mono=dual)
     content = (ContentAnalyzer(sample_rate_hz=info.sample_rate_hz, channels=info.channels)
                if target.noise_floor_max_dbfs is not None else None)
-    for block in iter_blocks(p):
+    for block in stoppable(iter_blocks(p)):
         meter.process(block)
         if content is not None:
             content.process(block)
     loudness = meter.report()
+    single = loudness.integrated_lufs
+    if dual and single is not None:
+        single -= DUAL_MONO_OFFSET_LU
     noise_floor_dbfs = content.report().noise_floor_dbfs if content is not None else None
     checks: list[VerificationCheck] = []
     if target.target_lufs is not None:
         measured = loudness.integrated_lufs
         ok = measured is not None and abs(measured - target.target_lufs) <= target.tolerance_lu
+        played = " as played (dual-mono)" if dual else ""
         checks.append(VerificationCheck(
             check="integrated_loudness", passed=ok, measured=measured, expected=target.target_lufs,
-            message=f"{p.name}: integrated loudness {_fmt(measured, 'LUFS')}, target "
+            message=f"{p.name}: integrated loudness {_fmt(measured, 'LUFS')}{played}, target "
                     f"{target.target_lufs:.1f} +-{target.tolerance_lu:g} LU"))
     if target.ceiling_dbtp is not None:
         tp = loudness.true_peak_dbtp
@@ -245,13 +346,20 @@ def verify_rendition(
             expected=target.sample_peak_max_dbfs,
             message=f"{p.name}: sample peak {loudness.sample_peak_dbfs:.2f} dBFS "
                     f"{'<=' if ok else '>'} {target.sample_peak_max_dbfs:g} dBFS"))
-    if noise_floor_dbfs is not None or target.noise_floor_max_dbfs is not None:
+    if target.noise_floor_max_dbfs is not None:
         floor = noise_floor_dbfs
         ok = floor is None or floor <= target.noise_floor_max_dbfs
         checks.append(VerificationCheck(
             check="noise_floor", passed=ok, measured=floor, expected=target.noise_floor_max_dbfs,
             message=f"{p.name}: noise floor {_fmt(floor, 'dBFS')} {'<=' if ok else '>'} "
                     f"{target.noise_floor_max_dbfs:g} dBFS"))
+    if processing is not None and target.max_gain_reduction_db is not None:
+        reduction = processing.max_gain_reduction_db
+        ok = reduction <= target.max_gain_reduction_db
+        checks.append(VerificationCheck(
+            check="gain_reduction", passed=ok, measured=reduction, expected=target.max_gain_reduction_db,
+            message=f"{p.name}: limiter gain reduction {reduction:.2f} dB {'<=' if ok else '>'} "
+                    f"{target.max_gain_reduction_db:g} dB"))
     gap = abs(loudness.duration_s - expected_duration_s)
     checks.append(VerificationCheck(
         check="duration", passed=gap <= duration_tolerance_s, measured=loudness.duration_s,
@@ -265,60 +373,180 @@ def verify_rendition(
         check="sample_rate", passed=info.sample_rate_hz == settings.sample_rate_hz, measured=info.sample_rate_hz,
         expected=settings.sample_rate_hz,
         message=f"{p.name}: {info.sample_rate_hz} Hz, asked {settings.sample_rate_hz} Hz"))
-    return VerificationReport(path=str(p), passed=all(c.passed for c in checks), checks=checks, loudness=loudness)
+    return VerificationReport(path=str(p), passed=all(c.passed for c in checks), checks=checks, loudness=loudness,
+                              dual_mono=dual, single_channel_lufs=single)
 
 
-def _gain_tags(settings: EncoderSettings, expected_lufs: float | None, true_peak_dbtp: float | None) -> dict[str, str]:
-    """ReplayGain 2.0 tags (MP3/FLAC/WAV/AAC where written) and R128 gain tags (Opus, RFC 7845 s. 5.2.1)."""
-    if expected_lufs is None:
-        return {}
-    if settings.codec == "opus":
-        q78 = round((R128_REFERENCE_LUFS - expected_lufs) * 256)
-        return {"R128_TRACK_GAIN": str(int(max(-32768, min(32767, q78))))}
-    tags = {"REPLAYGAIN_TRACK_GAIN": f"{REPLAYGAIN_REFERENCE_LUFS - expected_lufs:+.2f} dB"}
-    if true_peak_dbtp is not None and math.isfinite(true_peak_dbtp):
-        tags["REPLAYGAIN_TRACK_PEAK"] = f"{10 ** (true_peak_dbtp / 20):.6f}"
-    return tags
-
-
-def _rendered_loudness(source, src_rate: int, plan: ProcessingPlan) -> float | None:
-    """Integrated loudness of the processed signal (no encode)."""
-    meter = LoudnessMeter(sample_rate_hz=plan.output_sample_rate_hz, channels=plan.output_channels)
-    for block in process_blocks(iter_blocks(source), sample_rate_hz=src_rate, plan=plan):
+def _rendered_loudness(source, src_rate: int, plan: ProcessingPlan, *, dual_mono: bool) -> float | None:
+    """Integrated loudness, as played, of the processed signal (no encode)."""
+    meter = LoudnessMeter(sample_rate_hz=plan.output_sample_rate_hz, channels=plan.output_channels,
+                          dual_mono=dual_mono)
+    for block in process_blocks(stoppable(iter_blocks(source)), sample_rate_hz=src_rate, plan=plan):
         meter.process(block)
     return meter.report().integrated_lufs
 
 
-def _compensate_limiter_loss(source, src_rate: int, plan: ProcessingPlan, target: LoudnessTarget, *,
-                             within_lu: float) -> ProcessingPlan:
-    """Raise the gain by what the limiter took off, until the rendered loudness is on target.
+def _compensate_limiter_loss(source, src_rate: int, plan: ProcessingPlan, *, aim_lufs: float, within_lu: float,
+                             dual_mono: bool, max_gain_db: float) -> ProcessingPlan:
+    """Raise the gain by what the limiter took off, until the rendered loudness is at ``aim_lufs``.
 
     Peak limiting lowers integrated loudness; each pass re-measures the limited signal and
     adds the shortfall to the gain (at most :data:`COMPENSATION_PASSES` passes, stopping
-    within ``within_lu``). Only processing runs here, no encoding.
+    within ``within_lu``; the gain never exceeds ``max_gain_db``). Only processing runs here,
+    no encoding. ``aim_lufs`` is the pre-encode aim, which already holds any codec correction
+    a retry made, so compensation never takes that correction back out.
     """
     for _ in range(COMPENSATION_PASSES):
-        rendered = _rendered_loudness(source, src_rate, plan)
+        rendered = _rendered_loudness(source, src_rate, plan, dual_mono=dual_mono)
         if rendered is None:
             break
-        shortfall = target.target_lufs - rendered
+        shortfall = aim_lufs - rendered
         if abs(shortfall) <= within_lu:
             break
-        plan = plan.model_copy(update={"gain_db": plan.gain_db + shortfall})
+        plan = plan.model_copy(update={"gain_db": min(plan.gain_db + shortfall, max_gain_db)})
     return plan
 
 
-def _retry_plan(plan: ProcessingPlan, verification: VerificationReport, *, settings: EncoderSettings,
-                target: LoudnessTarget) -> tuple[ProcessingPlan, str | None]:
-    """The plan of a second attempt after a lossy encode missed its targets, and why.
+def plan_rendition(
+    source: str | os.PathLike,
+    *,
+    settings: EncoderSettings,
+    target: LoudnessTarget,
+    analysis: AnalysisReport,
+    highpass_hz: float | None = None,
+    trim_silence: bool = False,
+    trim_keep_s: float = 0.1,
+    downmix: str = "bs775",
+) -> RenditionPlan:
+    """Decide the first attempt's processing, and what makes the target unreachable.
+
+    Parameters
+    ----------
+    source : str or path-like
+        Decoded once more when the chain is not the identity (trim, high-pass or a channel
+        change), to measure the delivered signal.
+    settings : EncoderSettings
+    target : LoudnessTarget
+    analysis : AnalysisReport
+        Of the source (rate, channels, layout, silence; its loudness when the chain is the identity).
+    highpass_hz : float, optional
+    trim_silence : bool
+    trim_keep_s : float
+    downmix : {"bs775", "legacy"}
+        See :mod:`puresound_core.processing`.
+
+    Returns
+    -------
+    RenditionPlan
+        ``problems`` lists rules ``loudness_measurable`` (no gating block above -70 LUFS),
+        ``gain_max`` (the gain to target exceeds ``target.max_gain_db``) and
+        ``max_gain_reduction`` (predicted limiting ``true peak + gain - ceiling`` exceeds
+        ``target.max_gain_reduction_db``).
+
+    Raises
+    ------
+    InvalidAudioError
+        If the source cannot be decoded.
+
+    References
+    ----------
+    ITU-R BS.1770-4; EBU R 128.
+    """
+    name = Path(source).name
+    loud = analysis.loudness
+    src_rate = loud.sample_rate_hz
+    layout = analysis.probe.channel_layout if analysis.probe is not None else None
+    trim_start = trim_end = 0
+    if trim_silence:
+        content = analysis.content
+        trim_start = max(0, int((content.leading_silence_s - trim_keep_s) * src_rate))
+        trim_end = max(0, int((content.trailing_silence_s - trim_keep_s) * src_rate))
+        total = round(loud.duration_s * src_rate)
+        if trim_start + trim_end >= total:
+            trim_start = trim_end = 0
+    base = ProcessingPlan(output_sample_rate_hz=settings.sample_rate_hz, output_channels=settings.channels,
+                          highpass_hz=highpass_hz, trim_start_samples=trim_start, trim_end_samples=trim_end,
+                          source_layout=layout, downmix=downmix)
+    dual = _played_as_dual_mono(settings.channels, target)
+    # Loudness before gain, measured at the source rate: resampling changes it only by what
+    # lies above the new Nyquist frequency, negligible after K-weighting; a true-peak rise
+    # from resampling is caught by verification, whose retry lowers the ceiling.
+    if highpass_hz is None and not trim_start and not trim_end and settings.channels == loud.channels:
+        delivered_lufs = loud.integrated_lufs
+        if dual and delivered_lufs is not None:
+            delivered_lufs += DUAL_MONO_OFFSET_LU  # the same mono signal, its channel counted twice
+        tp, rms = loud.true_peak_dbtp, loud.rms_dbfs
+    else:
+        meter = LoudnessMeter(sample_rate_hz=src_rate, channels=settings.channels, dual_mono=dual)
+        at_source_rate = base.model_copy(update={"output_sample_rate_hz": src_rate})
+        for block in process_blocks(iter_blocks(source), sample_rate_hz=src_rate, plan=at_source_rate):
+            meter.process(block)
+        pre = meter.report()
+        delivered_lufs, tp, rms = pre.integrated_lufs, pre.true_peak_dbtp, pre.rms_dbfs
+
+    problems: list[PlanProblem] = []
+    gain_db = 0.0
+    if target.target_lufs is not None:
+        if delivered_lufs is None:
+            problems.append(PlanProblem(
+                rule="loudness_measurable", message=f"{name}: rule 'loudness_measurable' failed: no 400 ms gating "
+                f"block of the delivered signal is above the -70 LUFS absolute gate, so it cannot be normalised "
+                f"to {target.target_lufs:g} LUFS"))
+        else:
+            gain_db = target.target_lufs - delivered_lufs
+    elif target.target_rms_dbfs is not None and math.isfinite(rms):
+        gain_db = target.target_rms_dbfs - rms
+    if gain_db > target.max_gain_db:
+        problems.append(PlanProblem(
+            rule="gain_max", measured=round(gain_db, 2), limit=target.max_gain_db,
+            message=f"{name}: rule 'gain_max' failed: reaching the target needs {gain_db:+.1f} dB of gain > "
+                    f"{target.max_gain_db:g} dB (the source is too quiet: its noise floor would be raised as much)"))
+    ceiling = target.ceiling_dbtp
+    needs_limiter = ceiling is not None and math.isfinite(tp) and tp + gain_db > ceiling
+    if needs_limiter and target.max_gain_reduction_db is not None:
+        predicted = tp + gain_db - ceiling
+        if predicted > target.max_gain_reduction_db:
+            problems.append(PlanProblem(
+                rule="max_gain_reduction", measured=round(predicted, 2), limit=target.max_gain_reduction_db,
+                message=f"{name}: rule 'max_gain_reduction' failed: at {gain_db:+.1f} dB of gain the true peak "
+                        f"would be {tp + gain_db:+.1f} dBTP, {predicted:.1f} dB of limiting to the {ceiling:g} dBTP "
+                        f"ceiling > {target.max_gain_reduction_db:g} dB accepted"))
+    plan = base.model_copy(update={"gain_db": gain_db, "ceiling_dbtp": ceiling if needs_limiter else None})
+    expected_duration_s = (loud.duration_s * src_rate - trim_start - trim_end) / src_rate
+    return RenditionPlan(plan=plan, delivered_lufs=delivered_lufs, delivered_true_peak_dbtp=tp,
+                         delivered_rms_dbfs=rms, expected_duration_s=expected_duration_s, problems=problems)
+
+
+def _distance(verification: VerificationReport, target: LoudnessTarget) -> float:
+    """How far an attempt is from passing (dB / LU past each limit, summed); 0 when the level checks pass."""
+    out = 0.0
+    for check in verification.failures:
+        value = check.measured if isinstance(check.measured, (int, float)) else None
+        if check.check == "integrated_loudness" and value is not None:
+            out += abs(value - target.target_lufs) - target.tolerance_lu
+        elif check.check == "true_peak" and value is not None:
+            out += value - target.ceiling_dbtp
+        elif check.check == "rms" and value is not None and target.rms_range_dbfs is not None:
+            low, high = target.rms_range_dbfs
+            out += max(low - value, value - high)
+        elif check.check == "sample_peak" and value is not None:
+            out += value - target.sample_peak_max_dbfs
+        elif check.check in ("integrated_loudness", "true_peak", "rms", "sample_peak"):
+            out += math.inf
+    return out
+
+
+def _retry_update(plan: ProcessingPlan, aim: float | None, verification: VerificationReport, *,
+                  settings: EncoderSettings, target: LoudnessTarget) -> tuple[dict, float | None, list[str]]:
+    """Corrections for the next attempt: a new plan update, a new loudness aim, and the reasons.
 
     A true-peak overshoot lowers the limiter ceiling by the overshoot plus
-    :data:`RETRY_MARGIN_DB`; a loudness miss (a codec's low-pass takes energy off bright
-    material) corrects the gain by the measured difference. ``(plan, None)`` when neither
-    failed.
+    :data:`RETRY_MARGIN_DB`; a loudness miss moves the aim by the miss (``aim + target -
+    measured``) and the gain with it; an RMS or sample-peak miss likewise. Corrections are
+    relative to the attempt that missed, so they accumulate across attempts.
     """
     failed = {c.check: c for c in verification.failures}
-    reasons = []
+    reasons: list[str] = []
     update: dict = {}
     peak = failed.get("true_peak")
     if peak is not None and peak.measured is not None:
@@ -328,23 +556,33 @@ def _retry_plan(plan: ProcessingPlan, verification: VerificationReport, *, setti
         reasons.append(f"{settings.codec} encode overshot the {target.ceiling_dbtp:.1f} dBTP ceiling by "
                        f"{excess:.2f} dB (true peak {float(peak.measured):.2f} dBTP): limiter ceiling lowered "
                        f"to {update['ceiling_dbtp']:.2f} dBTP")
+    sample_peak = failed.get("sample_peak")
+    if sample_peak is not None and sample_peak.measured is not None and "ceiling_dbtp" not in update:
+        excess = float(sample_peak.measured) - target.sample_peak_max_dbfs
+        current = plan.ceiling_dbtp if plan.ceiling_dbtp is not None else (target.ceiling_dbtp or 0.0)
+        update["ceiling_dbtp"] = current - excess - RETRY_MARGIN_DB
+        reasons.append(f"{settings.codec} encode's sample peak {float(sample_peak.measured):.2f} dBFS over "
+                       f"{target.sample_peak_max_dbfs:g} dBFS: limiter ceiling lowered to {update['ceiling_dbtp']:.2f} dBTP")
     loudness = failed.get("integrated_loudness")
-    if loudness is not None and loudness.measured is not None:
+    if loudness is not None and loudness.measured is not None and aim is not None:
         miss = target.target_lufs - float(loudness.measured)
+        aim += miss
         update["gain_db"] = plan.gain_db + miss
         reasons.append(f"{settings.codec} encode measured {float(loudness.measured):.2f} LUFS against "
-                       f"{target.target_lufs:.1f} LUFS: gain corrected by {miss:+.2f} dB")
+                       f"{target.target_lufs:.1f} LUFS: aim moved by {miss:+.2f} LU to {aim:.2f} LUFS before encoding")
     rms = failed.get("rms")
     if rms is not None and rms.measured is not None and target.target_rms_dbfs is not None:
         miss = target.target_rms_dbfs - float(rms.measured)
         update["gain_db"] = update.get("gain_db", plan.gain_db) + miss
         reasons.append(f"{settings.codec} encode measured RMS {float(rms.measured):.2f} dBFS against "
                        f"{target.target_rms_dbfs:.1f} dBFS: gain corrected by {miss:+.2f} dB")
-    if not update:
-        return plan, None
-    if "ceiling_dbtp" not in update and plan.ceiling_dbtp is None and target.ceiling_dbtp is not None:
+    if update and "ceiling_dbtp" not in update and plan.ceiling_dbtp is None and target.ceiling_dbtp is not None:
         update["ceiling_dbtp"] = target.ceiling_dbtp  # a raised gain may now need the limiter
-    return plan.model_copy(update=update), "; ".join(reasons) + "; rendered again"
+    return update, aim, reasons
+
+
+def _attempt_path(out: Path, attempt: int) -> Path:
+    return out.parent / f".{out.name}.attempt{attempt}"
 
 
 def render_rendition(
@@ -357,7 +595,9 @@ def render_rendition(
     highpass_hz: float | None = None,
     trim_silence: bool = False,
     trim_keep_s: float = 0.1,
+    downmix: str = "bs775",
     tags: Mapping[str, str] | None = None,
+    planned: RenditionPlan | None = None,
 ) -> RenditionResult:
     """Render, encode and verify one rendition of a source file.
 
@@ -370,14 +610,17 @@ def render_rendition(
     settings : EncoderSettings
     target : LoudnessTarget
     analysis : AnalysisReport
-        Of the source (gives rate, channels, silence and, when the chain is the identity,
-        the loudness to plan from).
+        Of the source (gives rate, channels, layout, silence and, when the chain is the
+        identity, the loudness to plan from).
     highpass_hz : float, optional
     trim_silence : bool
         Cut leading / trailing silence found by analysis, keeping ``trim_keep_s`` of it.
+    downmix : {"bs775", "legacy"}
     tags : mapping, optional
         Tags to carry over (title, artist, album, date); defaults to the source's own
         (``analysis.probe.tags``).
+    planned : RenditionPlan, optional
+        From :func:`plan_rendition` with the same arguments (saves planning twice).
 
     Returns
     -------
@@ -391,72 +634,81 @@ def render_rendition(
         If the source cannot be decoded.
     EncodingError
         If the encoder fails.
+    ComplianceError
+        If the plan has problems (call :func:`plan_rendition` first and reject the source).
 
     References
     ----------
     ITU-R BS.1770-4; EBU R 128; FFmpeg encoders (libmp3lame, aac, libopus, flac).
     """
-    src_rate = analysis.loudness.sample_rate_hz
-    trim_start = trim_end = 0
-    if trim_silence:
-        content = analysis.content
-        trim_start = max(0, int((content.leading_silence_s - trim_keep_s) * src_rate))
-        trim_end = max(0, int((content.trailing_silence_s - trim_keep_s) * src_rate))
-        total = round(analysis.loudness.duration_s * src_rate)
-        if trim_start + trim_end >= total:
-            trim_start = trim_end = 0
-    base = ProcessingPlan(output_sample_rate_hz=settings.sample_rate_hz, output_channels=settings.channels,
-                          highpass_hz=highpass_hz, trim_start_samples=trim_start, trim_end_samples=trim_end)
-    # Loudness before gain, measured at the source rate: resampling changes it only by what
-    # lies above the new Nyquist frequency, negligible after K-weighting; a true-peak rise
-    # from resampling is caught by verification, whose retry switches the limiter on.
-    if highpass_hz is None and not trim_start and not trim_end and settings.channels == analysis.loudness.channels:
-        pre = analysis.loudness
-    else:
-        meter = LoudnessMeter(sample_rate_hz=src_rate, channels=settings.channels)
-        at_source_rate = base.model_copy(update={"output_sample_rate_hz": src_rate})
-        for block in process_blocks(iter_blocks(source), sample_rate_hz=src_rate, plan=at_source_rate):
-            meter.process(block)
-        pre = meter.report()
+    from .errors import ComplianceError
 
-    gain_db = 0.0
-    if target.target_lufs is not None and pre.integrated_lufs is not None:
-        gain_db = target.target_lufs - pre.integrated_lufs
-    elif target.target_rms_dbfs is not None and math.isfinite(pre.rms_dbfs):
-        gain_db = target.target_rms_dbfs - pre.rms_dbfs
-    expected_duration_s = (analysis.loudness.duration_s * src_rate - trim_start - trim_end) / src_rate
-    ceiling = target.ceiling_dbtp
-    needs_limiter = ceiling is not None and pre.true_peak_dbtp + gain_db > ceiling
-    plan = base.model_copy(update={"gain_db": gain_db, "ceiling_dbtp": ceiling if needs_limiter else None})
-    if needs_limiter and target.target_lufs is not None:
-        plan = _compensate_limiter_loss(source, src_rate, plan, target, within_lu=target.tolerance_lu / 4)
+    out = Path(out_path)
+    planned = planned or plan_rendition(source, settings=settings, target=target, analysis=analysis,
+                                        highpass_hz=highpass_hz, trim_silence=trim_silence,
+                                        trim_keep_s=trim_keep_s, downmix=downmix)
+    if planned.problems:
+        raise ComplianceError("; ".join(p.message for p in planned.problems))
+    src_rate = analysis.loudness.sample_rate_hz
+    dual = _played_as_dual_mono(settings.channels, target)
+    plan = planned.plan
+    aim = target.target_lufs
+    if plan.ceiling_dbtp is not None and aim is not None:
+        plan = _compensate_limiter_loss(source, src_rate, plan, aim_lufs=aim, within_lu=target.tolerance_lu / 4,
+                                        dual_mono=dual, max_gain_db=target.max_gain_db)
 
     if tags is None:
         tags = analysis.probe.tags if analysis.probe is not None else {}
     carried = {k: v for k, v in tags.items() if k in ("title", "artist", "album", "date")}
     reasons: list[str] = []
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        expected_tp = min(pre.true_peak_dbtp + gain_db, plan.ceiling_dbtp or math.inf)
-        all_tags = {**carried, **_gain_tags(settings, target.target_lufs if pre.integrated_lufs is not None
-                                            else None, expected_tp)}
-        stats: list[ProcessingStats] = []
-        encoded = encode_blocks(process_blocks(iter_blocks(source), sample_rate_hz=src_rate, plan=plan,
-                                               stats_out=stats),
-                                out_path, settings=settings, tags=all_tags)
-        verification = verify_rendition(out_path, settings=settings, target=target,
-                                        expected_duration_s=expected_duration_s)
-        if attempt == MAX_ATTEMPTS or settings.lossless or verification.passed:
-            break
-        plan, reason = _retry_plan(plan, verification, settings=settings, target=target)
-        if reason is None:
-            break
-        reasons.append(f"attempt {attempt}: {reason}")
-        if plan.ceiling_dbtp is not None and target.target_lufs is not None:
-            # More limiting takes loudness off again: win it back, to within half the tolerance.
-            plan = _compensate_limiter_loss(source, src_rate, plan, target, within_lu=target.tolerance_lu / 2)
-    return RenditionResult(path=str(out_path), settings=settings, plan=plan, processing=stats[0],
-                           encode=encoded, verification=verification, attempts=attempt,
-                           retry_reason="; ".join(reasons) or None)
+    tried: list[tuple[float, int, Path, ProcessingPlan, ProcessingStats, EncodeResult, VerificationReport]] = []
+    try:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            stats: list[ProcessingStats] = []
+            path = _attempt_path(out, attempt)
+            encoded = encode_blocks(process_blocks(stoppable(iter_blocks(source)), sample_rate_hz=src_rate,
+                                                   plan=plan, stats_out=stats), path, settings=settings, tags=carried)
+            verification = verify_rendition(path, settings=settings, target=target,
+                                            expected_duration_s=planned.expected_duration_s, processing=stats[0])
+            distance = _distance(verification, target)
+            best = min(tried, key=lambda t: (t[0], t[1])) if tried else None
+            tried.append((distance, attempt, path, plan, stats[0], encoded, verification))
+            if verification.passed or settings.lossless:
+                break
+            if best is not None and distance >= best[0]:
+                reasons.append(f"attempt {attempt} was no closer to the targets ({distance:.2f} dB past them) than "
+                               f"attempt {best[1]} ({best[0]:.2f} dB): stopped")
+                break
+            if attempt == MAX_ATTEMPTS:
+                reasons.append(f"attempt {attempt} still misses: {'; '.join(c.message for c in verification.failures)}")
+                break
+            update, aim, why = _retry_update(plan, aim, verification, settings=settings, target=target)
+            if not update:
+                break  # a miss no retry can fix (duration, channels, rate, noise floor, gain reduction)
+            update["gain_db"] = min(update.get("gain_db", plan.gain_db), target.max_gain_db)
+            reasons.append(f"attempt {attempt}: " + "; ".join(why) + "; rendered again")
+            lowered = "ceiling_dbtp" in update and update["ceiling_dbtp"] != plan.ceiling_dbtp
+            plan = plan.model_copy(update=update)
+            if lowered and aim is not None:
+                # A lower ceiling limits harder and takes loudness off: win it back up to the aim.
+                plan = _compensate_limiter_loss(source, src_rate, plan, aim_lufs=aim,
+                                                within_lu=target.tolerance_lu / 4, dual_mono=dual,
+                                                max_gain_db=target.max_gain_db)
+        distance, kept, path, plan, processing, encoded, verification = min(tried, key=lambda t: (t[0], t[1]))
+        # WAV deliveries (broadcast) get no ID3 chunk: playout systems read loudness from BWF, not tags.
+        measured_tags = {} if settings.codec == "wav" else gain_tags(
+            settings.codec, integrated_lufs=verification.loudness.integrated_lufs,
+            true_peak_dbtp=verification.loudness.true_peak_dbtp)
+        write_tags(path, measured_tags, codec=settings.codec)
+        os.replace(path, out)
+    finally:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            _attempt_path(out, attempt).unlink(missing_ok=True)
+    encoded = encoded.model_copy(update={"path": str(out), "size_bytes": out.stat().st_size})
+    verification = verification.model_copy(update={"path": str(out)})
+    return RenditionResult(path=str(out), settings=settings, plan=plan, processing=processing,
+                           encode=encoded, verification=verification, attempts=len(tried), kept_attempt=kept,
+                           retry_reason="; ".join(reasons) or None, gain_tags=measured_tags)
 
 
 def decoded_sha256(path: str | os.PathLike) -> str:
@@ -483,3 +735,29 @@ def decoded_sha256(path: str | os.PathLike) -> str:
     for block in iter_blocks(path):
         digest.update(np.ascontiguousarray(block.T).tobytes())
     return digest.hexdigest()
+
+
+def bit_exact_check(source: str | os.PathLike, rendition: str | os.PathLike) -> VerificationCheck:
+    """Check ``bit_exact``: the rendition decodes to exactly the source's samples.
+
+    Parameters
+    ----------
+    source, rendition : str or path-like
+
+    Returns
+    -------
+    VerificationCheck
+        ``measured`` / ``expected``: the first 16 hex digits of each :func:`decoded_sha256`.
+
+    Raises
+    ------
+    InvalidAudioError
+        If either file cannot be decoded.
+    """
+    source_hash, output_hash = decoded_sha256(source), decoded_sha256(rendition)
+    exact = source_hash == output_hash
+    return VerificationCheck(
+        check="bit_exact", passed=exact, measured=output_hash[:16], expected=source_hash[:16],
+        message=f"{Path(rendition).name}: decoded samples {'match' if exact else 'differ from'} the source "
+                f"(sha256 {output_hash[:12]} vs {source_hash[:12]})")
+

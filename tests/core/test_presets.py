@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import yaml
 
 from puresound_core.errors import PresetError
 from puresound_core.presets import BUILTIN_PRESETS, load_preset_file, load_presets
@@ -51,3 +54,36 @@ def test_unknown_field_and_non_mapping_are_errors(tmp_path):
     (tmp_path / "typo.yaml").write_text("- just a list\n")
     with pytest.raises(PresetError, match=r"typo.yaml: \(top level\)"):
         load_presets(tmp_path)
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("version", "/../../../../../../ESCAPED", "version: String should match pattern"),
+    ("output_naming", "{stem.__class__.__mro__}-{sha8}", "unknown field {stem.__class__.__mro__}"),
+    ("output_naming", "{stem:>500000000}{sha8}", "unknown field {stem:>500000000}"),
+    ("output_naming", "../{sha8}", "characters ['/'] are not allowed"),
+    ("output_naming", "{stem}", "must contain {sha8} or {sha16}"),
+])
+def test_fields_that_become_paths_are_checked_when_the_preset_loads(tmp_path, field, value, expected):
+    data = BUILTIN_PRESETS["podcast"].model_dump(mode="json") | {field: value}
+    (tmp_path / "evil.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(PresetError) as err:
+        load_preset_file(tmp_path / "evil.yaml")
+    assert str(err.value).startswith(f"evil.yaml: {field}") and expected in str(err.value)
+
+
+def test_output_folder_is_a_slug_whatever_the_source_name():
+    preset = BUILTIN_PRESETS["podcast"].model_copy(update={"output_naming": "{preset}-{version}-{stem}-{sha16}"})
+    sha = "0123456789abcdef" * 4
+    assert preset.output_folder("Episode 12 (final).wav", sha) == "podcast/podcast-1-Episode_12_final_-0123456789abcdef"
+    weird = os.fsdecode(b"../../\xff\xfe..evil.wav")
+    folder = preset.output_folder(weird, sha)
+    assert folder.startswith("podcast/podcast-1-") and "/" not in folder.removeprefix("podcast/")
+    assert ".." not in folder.split("/")
+
+
+def test_an_opus_rendition_that_could_never_verify_is_refused_at_load(tmp_path):
+    (tmp_path / "phone.yaml").write_text(
+        "name: phone\nversion: '1'\nrenditions:\n  - name: opus-16k\n"
+        "    encoder: {codec: opus, bitrate_kbps: 16, sample_rate_hz: 16000, channels: 1}\n")
+    with pytest.raises(PresetError, match=r"phone.yaml: renditions.0: .*opus renditions decode at 48000 Hz"):
+        load_preset_file(tmp_path / "phone.yaml")

@@ -10,7 +10,7 @@ import pytest
 
 from puresound_core.analysis import analyze_file
 from puresound_core.audio import EncoderSettings, decode, encode_blocks, probe
-from puresound_core.render import LoudnessTarget, decoded_sha256, render_rendition, verify_rendition
+from puresound_core.render import LoudnessTarget, decoded_sha256, plan_rendition, render_rendition, verify_rendition
 from puresound_core.true_peak import true_peak_dbtp
 from tests.conftest import pink_noise, sine, write_wav
 
@@ -20,7 +20,10 @@ EXAMPLE_MUSIC = Path(__file__).resolve().parents[2] / "examples" / "tuxtype__tux
 
 
 def _reference_lufs(path) -> float:
+    """pyloudnorm's reading as played: a mono file on two loudspeakers (dual-mono)."""
     audio, rate = decode(path)
+    if audio.shape[0] == 1:
+        audio = np.repeat(audio, 2, axis=0)
     return pyloudnorm.Meter(rate, filter_class="DeMan").integrated_loudness(audio.T.astype(np.float64))
 
 
@@ -127,3 +130,75 @@ def test_source_tags_are_carried_over_by_default(tmp_path):
                      target=LoudnessTarget(target_lufs=-16.0), analysis=analyze_file(source))
     tags = probe(out).tags
     assert (tags["title"], tags["artist"], tags["album"], tags["date"]) == ("Morning News", "Newsroom", "Daily", "2026")
+
+
+def test_a_loudness_miss_is_corrected_toward_target_plus_miss_and_converges(tmp_path):
+    # Pink noise with a white hiss on top through MP3 at 64 kbps: LAME's low-pass takes ~1.5 LU
+    # of K-weighted energy away, more than the 0.5 LU tolerance.
+    audio = pink_noise(8, 44100, level_dbfs=-30, seed=4)
+    audio += (np.random.default_rng(3).standard_normal(audio.shape) * 0.003).astype(np.float32)
+    path = write_wav(tmp_path / "hiss.wav", audio, 44100)
+    target = LoudnessTarget(target_lufs=-16.0, tolerance_lu=0.5, ceiling_dbtp=-1.0)
+    result = render_rendition(path, tmp_path / "hiss.mp3", target=target, analysis=analyze_file(path),
+                              settings=EncoderSettings(codec="mp3", bitrate_kbps=64, sample_rate_hz=44100))
+    assert result.attempts == 2 and result.kept_attempt == 2, result.retry_reason
+    first_miss = float(result.retry_reason.split("measured ")[1].split(" LUFS")[0]) - target.target_lufs
+    assert first_miss < -target.tolerance_lu
+    assert "aim moved by" in result.retry_reason
+    # The retry is not undone by limiter compensation: it lands within a tenth of the tolerance.
+    assert abs(result.verification.loudness.integrated_lufs - target.target_lufs) <= 0.05
+    assert abs(_reference_lufs(tmp_path / "hiss.mp3") - target.target_lufs) <= 0.1
+
+
+def test_gain_tags_are_written_from_the_measured_rendition(tmp_path):
+    out = tmp_path / "tagged.mp3"
+    result = render_rendition(EXAMPLE_MUSIC, out, settings=EncoderSettings(codec="mp3", bitrate_kbps=128,
+                                                                            sample_rate_hz=44100),
+                              target=LoudnessTarget(target_lufs=-16.0), analysis=analyze_file(EXAMPLE_MUSIC))
+    measured = result.verification.loudness.integrated_lufs
+    tag = probe(out).tags["replaygain_track_gain"]
+    assert float(tag.removesuffix(" dB")) == pytest.approx(-18.0 - measured, abs=0.005)
+    assert result.gain_tags["REPLAYGAIN_TRACK_GAIN"] == tag
+    # Tagging edits the tag block only: the audio still measures what verification measured.
+    assert verify_rendition(out, settings=result.settings, target=LoudnessTarget(target_lufs=-16.0),
+                            expected_duration_s=result.verification.loudness.duration_s).loudness == \
+        result.verification.loudness
+
+
+def test_mono_and_stereo_renditions_play_equally_loud(tmp_path):
+    analysis = analyze_file(EXAMPLE_MUSIC)
+    target = LoudnessTarget(target_lufs=-16.0, tolerance_lu=1.0, ceiling_dbtp=-1.0)
+    stereo = render_rendition(EXAMPLE_MUSIC, tmp_path / "s.mp3", target=target, analysis=analysis,
+                              settings=EncoderSettings(codec="mp3", bitrate_kbps=128, sample_rate_hz=44100))
+    mono = render_rendition(EXAMPLE_MUSIC, tmp_path / "m.opus", target=target, analysis=analysis,
+                            settings=EncoderSettings(codec="opus", bitrate_kbps=48, sample_rate_hz=48000, channels=1))
+    assert mono.verification.dual_mono and not stereo.verification.dual_mono
+    assert mono.verification.single_channel_lufs == pytest.approx(
+        mono.verification.loudness.integrated_lufs - 3.0103, abs=0.001)
+    # Independent reference: pyloudnorm on the mono file played on both loudspeakers.
+    as_played = _reference_lufs(tmp_path / "m.opus")
+    assert abs(as_played - _reference_lufs(tmp_path / "s.mp3")) <= 0.5
+    assert abs(as_played - target.target_lufs) <= target.tolerance_lu
+
+
+@pytest.mark.parametrize(("signal", "rule"), [
+    ("tone_at_-85_dbfs", "loudness_measurable"),   # every gating block under -70 LUFS
+    ("tone_at_-60_dbfs", "gain_max"),              # -63 LUFS: +47 dB would be needed
+    ("click_in_silence", "max_gain_reduction"),    # one sample in 10 s: huge gain, huge peak
+])
+def test_a_target_that_cannot_be_reached_is_known_before_rendering(tmp_path, signal, rule):
+    rate = 48000
+    if signal.startswith("tone"):
+        audio = sine(float(signal.split("_")[2]), 10, rate, freq_hz=1000)
+    else:
+        audio = np.zeros((2, 10 * rate), dtype=np.float32)
+        audio[:, 5 * rate] = 0.5
+    path = write_wav(tmp_path / f"{signal}.wav", audio, rate, subtype="PCM_24")
+    planned = plan_rendition(path, settings=EncoderSettings(codec="mp3", bitrate_kbps=128, sample_rate_hz=44100),
+                             target=LoudnessTarget(target_lufs=-16.0, ceiling_dbtp=-1.0), analysis=analyze_file(path))
+    rules = [p.rule for p in planned.problems]
+    assert rule in rules, [p.message for p in planned.problems]
+    problem = next(p for p in planned.problems if p.rule == rule)
+    assert problem.message.startswith(f"{signal}.wav: rule '{rule}' failed:")
+    if problem.limit is not None:
+        assert problem.measured > problem.limit

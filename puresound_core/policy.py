@@ -1,0 +1,164 @@
+"""Preset policy that needs a source's probe or analysis: decided in the domain, before rendering.
+
+* :func:`resolve_encoder`: a rendition's encoder settings for one source (archive
+  renditions keep the source's rate, channels and depth);
+* :func:`preflight`: every verdict that can be known before rendering, as validation rule
+  results (``lossless_source`` for archive presets, and the loudness rules of
+  :func:`puresound_core.render.plan_rendition`);
+* :func:`room_tone_warnings`: ACX head / tail room tone, reported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .analysis import AnalysisReport
+from .audio import EncoderSettings, ProbeResult
+from .presets import Preset, Rendition
+from .render import RenditionPlan, plan_rendition
+from .validation import RuleResult
+
+#: Decoders whose output is the exact integer samples that were encoded.
+LOSSLESS_INTEGER_CODECS = frozenset({
+    "pcm_s8", "pcm_u8", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be",
+    "flac", "alac", "wavpack", "tta", "ape", "mlp", "truehd", "pcm_bluray", "pcm_dvd",
+})
+#: Deepest integer PCM that FLAC / 24-bit WAV renditions hold bit-exact.
+ARCHIVE_MAX_BIT_DEPTH = 24
+
+
+def resolve_encoder(rendition: Rendition, probe: ProbeResult) -> EncoderSettings:
+    """The rendition's encoder settings, with the source's format where ``source_format`` asks.
+
+    Parameters
+    ----------
+    rendition : Rendition
+    probe : ProbeResult
+
+    Returns
+    -------
+    EncoderSettings
+        For ``source_format`` renditions: the source's rate and channel count, and 16-bit
+        depth for sources of 16 bits or fewer, 24-bit otherwise.
+    """
+    if not rendition.source_format:
+        return rendition.encoder
+    depth = 16 if (probe.bit_depth or 24) <= 16 else 24
+    return rendition.encoder.model_copy(update={
+        "sample_rate_hz": probe.sample_rate_hz, "channels": probe.channels, "bit_depth": depth})
+
+
+def lossless_source_rule(probe: ProbeResult) -> RuleResult:
+    """Rule ``lossless_source``: can this source be archived bit-exact?
+
+    Parameters
+    ----------
+    probe : ProbeResult
+
+    Returns
+    -------
+    RuleResult
+        Failed for lossy codecs (MP3, AAC, Vorbis, Opus...: an archive of them is not the
+        original), floating-point PCM (FLAC is integer), integer PCM deeper than 24 bits, and
+        more than 2 channels (the archive renditions are mono or stereo).
+
+    References
+    ----------
+    FLAC (RFC 9639 s. 9: integer samples, 4-32 bits; FFmpeg's encoder writes up to 24).
+    """
+    name = Path(probe.path).name
+    reasons = []
+    if probe.codec not in LOSSLESS_INTEGER_CODECS:
+        reasons.append(f"codec '{probe.codec}' is {'floating-point PCM' if probe.codec.startswith('pcm_f') else 'lossy'}")
+    elif probe.bit_depth is not None and probe.bit_depth > ARCHIVE_MAX_BIT_DEPTH:
+        reasons.append(f"{probe.bit_depth}-bit samples > {ARCHIVE_MAX_BIT_DEPTH} bits")
+    if probe.channels > 2:
+        reasons.append(f"{probe.channels} channels > 2")
+    if reasons:
+        return RuleResult(rule="lossless_source", passed=False, measured=probe.codec,
+                          limit="integer PCM / FLAC / ALAC, <= 24 bits, <= 2 channels",
+                          message=f"{name}: rule 'lossless_source' failed: {', '.join(reasons)}: "
+                                  "it cannot be archived bit-exact")
+    return RuleResult(rule="lossless_source", passed=True, measured=probe.codec,
+                      limit="integer PCM / FLAC / ALAC, <= 24 bits, <= 2 channels",
+                      message=f"{name}: rule 'lossless_source' passed: {probe.codec}, {probe.bit_depth}-bit")
+
+
+def rendition_plans(preset: Preset, path: str, analysis: AnalysisReport) -> list[RenditionPlan]:
+    """Plan every rendition of a preset for one source (see :func:`plan_rendition`).
+
+    Parameters
+    ----------
+    preset : Preset
+    path : str
+        The local source file.
+    analysis : AnalysisReport
+
+    Returns
+    -------
+    list of RenditionPlan
+        In the order of ``preset.renditions``.
+    """
+    return [plan_rendition(path, settings=resolve_encoder(r, analysis.probe), target=preset.loudness,
+                           analysis=analysis, highpass_hz=preset.processing.highpass_hz,
+                           trim_silence=preset.processing.trim_silence, trim_keep_s=preset.processing.trim_keep_s,
+                           downmix=preset.processing.downmix)
+            for r in preset.renditions]
+
+
+def preflight(preset: Preset, probe: ProbeResult, plans: list[RenditionPlan]) -> list[RuleResult]:
+    """Every failure that can be known before rendering, as rule results.
+
+    Parameters
+    ----------
+    preset : Preset
+    probe : ProbeResult
+    plans : list of RenditionPlan
+        From :func:`rendition_plans`.
+
+    Returns
+    -------
+    list of RuleResult
+        Only failed rules, each once (a problem shared by several renditions is named once,
+        with the renditions it concerns); empty when rendering may go ahead.
+    """
+    failures: list[RuleResult] = []
+    if preset.lossless_archive:
+        rule = lossless_source_rule(probe)
+        if not rule.passed:
+            failures.append(rule)
+    seen: dict[str, list[str]] = {}
+    first: dict[str, object] = {}
+    for rendition, plan in zip(preset.renditions, plans, strict=True):
+        for problem in plan.problems:
+            seen.setdefault(problem.rule, []).append(rendition.name)
+            first.setdefault(problem.rule, problem)
+    for rule, names in seen.items():
+        problem = first[rule]
+        failures.append(RuleResult(rule=rule, passed=False, measured=problem.measured, limit=problem.limit,
+                                   message=f"{problem.message} (renditions: {', '.join(names)})"))
+    return failures
+
+
+def room_tone_warnings(preset: Preset, analysis: AnalysisReport) -> list[str]:
+    """Head / tail room tone outside the preset's range (ACX), as warnings.
+
+    Parameters
+    ----------
+    preset : Preset
+    analysis : AnalysisReport
+
+    Returns
+    -------
+    list of str
+        Empty when the preset has no room-tone rule or both are within range.
+    """
+    if preset.room_tone is None:
+        return []
+    content = analysis.content
+    warnings = []
+    for label, measured, (low, high) in (("head", content.leading_silence_s, preset.room_tone.head_s),
+                                         ("tail", content.trailing_silence_s, preset.room_tone.tail_s)):
+        if not low <= measured <= high:
+            warnings.append(f"{label} room tone {measured:.2f} s outside {low:g}-{high:g} s")
+    return warnings
