@@ -5,19 +5,25 @@ libopus, the native AAC and FLAC encoders). No system ``ffmpeg`` or ``ffprobe`` 
 
 Signals are ``np.ndarray [shape=(channels, samples)]``, float32, nominally in [-1, 1];
 long signals travel as iterators of such blocks (see :func:`iter_blocks`).
+
+FFmpeg runs in this process: a native crash in a demuxer or decoder kills it. Untrusted
+media is probed and first decoded through :mod:`puresound_core.isolation` instead.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal
 
 import av
+import av.logging
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -58,7 +64,10 @@ def check_audio(audio: np.ndarray, *, name: str = "audio") -> np.ndarray:
 
 
 class ProbeResult(BaseModel):
-    """What a container declares about its first audio stream.
+    """What a container declares about the audio stream it is judged and decoded on.
+
+    The stream is chosen by :func:`select_audio_stream` (default disposition, else FFmpeg's
+    best audio stream); :func:`iter_blocks` decodes the same one.
 
     Attributes
     ----------
@@ -80,10 +89,14 @@ class ProbeResult(BaseModel):
         Container and stream tags, keys lower-cased.
     integrity_issue : str or None
         A structural defect found without decoding (a truncated ``data`` chunk, a cut final
-        MPEG frame); ``None`` when none was found.
+        MPEG frame, a cut or unterminated final Ogg page); ``None`` when none was found.
+    stream_index : int
+        Container index of the audio stream used (``0`` for single-stream files).
+    audio_streams : int
+        How many audio streams the container holds; only ``stream_index`` is judged.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
     path: str
     file_size_bytes: int
@@ -97,24 +110,58 @@ class ProbeResult(BaseModel):
     bitrate_kbps: float | None
     tags: dict[str, str] = Field(default_factory=dict)
     integrity_issue: str | None = None
+    stream_index: int = Field(default=0, ge=0)
+    audio_streams: int = Field(default=1, ge=1)
+
+
+class DecodeMessage(BaseModel):
+    """A warning or error FFmpeg logged while a file was opened or decoded.
+
+    Attributes
+    ----------
+    level : {"panic", "fatal", "error", "warning"}
+    source : str
+        The FFmpeg component that logged it (``"flac"``, ``"mp3float"``, ``"ogg"``...).
+    text : str
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    level: Literal["panic", "fatal", "error", "warning"]
+    source: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"[{self.source}] {self.text}" if self.source else self.text
 
 
 # --------------------------------------------------------------------------- probing
 
 
+#: WAVE format tags whose ``data`` size / ``block_align`` is a sample count (Microsoft
+#: RIFF/WAVE: WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT; for WAVE_FORMAT_EXTENSIBLE the
+#: SubFormat GUID's first two bytes carry the same tag).
+_WAVE_PCM_TAGS = (0x0001, 0x0003)
+_WAVE_EXTENSIBLE = 0xFFFE
+_KSDATAFORMAT_GUID_TAIL = bytes.fromhex("000000001000800000aa00389b71")
+
+
 def _riff_header(path: Path) -> dict | None:
-    """Parse a RIFF/WAVE header: rate, channels, block align, declared and present data bytes.
+    """Parse a RIFF/WAVE header: format, rate, channels, block align, ``fact`` and data bytes.
 
     Returns ``None`` for files that are not RIFF/WAVE. Follows the Microsoft RIFF spec
     (chunks are word-aligned); a ``data`` size of 0 or 0xFFFFFFFF (streamed WAV) is
-    reported as undeclared.
+    reported as undeclared. ``pcm`` is true only for PCM / IEEE-float data (format tag 1
+    or 3, or WAVE_FORMAT_EXTENSIBLE with a PCM / float SubFormat): only then is
+    ``data`` size / ``block_align`` a sample count. ``fact_samples`` is the ``fact``
+    chunk's sample count (compressed formats: ADPCM, GSM 6.10, MPEG), when present.
     """
     size = path.stat().st_size
     with path.open("rb") as fh:
         head = fh.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
             return None
-        info: dict = {}
+        info: dict = {"pcm": False, "fact_samples": None}
         offset = 12
         while offset + 8 <= size:
             fh.seek(offset)
@@ -122,9 +169,13 @@ def _riff_header(path: Path) -> dict | None:
             if chunk_id == b"fmt ":
                 fmt = fh.read(min(chunk_size, 40))
                 if len(fmt) >= 16:
-                    _, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
-                    info.update(sample_rate_hz=rate, channels=channels,
-                                block_align=block_align, bits=bits)
+                    tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
+                    if tag == _WAVE_EXTENSIBLE and len(fmt) >= 40 and fmt[26:40] == _KSDATAFORMAT_GUID_TAIL:
+                        tag = struct.unpack("<H", fmt[24:26])[0]
+                    info.update(format_tag=tag, pcm=tag in _WAVE_PCM_TAGS, sample_rate_hz=rate,
+                                channels=channels, block_align=block_align, bits=bits)
+            elif chunk_id == b"fact" and chunk_size >= 4:
+                (info["fact_samples"],) = struct.unpack("<I", fh.read(4))
             elif chunk_id == b"data":
                 present = size - (offset + 8)
                 declared = None if chunk_size in (0, 0xFFFFFFFF) else chunk_size
@@ -132,6 +183,84 @@ def _riff_header(path: Path) -> dict | None:
                 break
             offset += 8 + chunk_size + (chunk_size & 1)
         return info
+
+
+def _ogg_tail_truncation(path: Path, *, tail_bytes: int = 1 << 17) -> str | None:
+    """Describe a cut or unterminated final Ogg page, or return ``None`` when the tail is whole.
+
+    Finds the first page header in the last ``tail_bytes`` from which a chain of pages
+    reaches the end of the file (RFC 3533 s. 6: 27-byte header, segment table, body) and
+    checks that the last page fits in the file and carries the end-of-stream flag (0x04),
+    which every finished logical stream's last page sets. A cut Ogg file declares the
+    shorter duration of its last granule position, so only this check catches it.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        start = max(0, size - tail_bytes)
+        fh.seek(start)
+        tail = fh.read()
+    end = len(tail)
+
+    def page_length(pos: int) -> int | None:
+        if tail[pos:pos + 4] != b"OggS" or pos + 27 > end or tail[pos + 4] != 0:
+            return None
+        segments = tail[pos + 26]
+        if pos + 27 + segments > end:
+            return -1  # header itself cut
+        return 27 + segments + sum(tail[pos + 27:pos + 27 + segments])
+
+    pos = tail.find(b"OggS")
+    while pos != -1:
+        chain, last = pos, None
+        while True:
+            length = page_length(chain)
+            if length is None:
+                break
+            if length < 0:
+                return f"final Ogg page header is cut ({end - chain} bytes)"
+            if chain + length > end:
+                return f"final Ogg page has {end - chain} of {length} bytes"
+            last, chain = chain, chain + length
+            if chain == end:
+                if not tail[last + 5] & 0x04:
+                    return "final Ogg page lacks the end-of-stream flag"
+                return None
+        pos = tail.find(b"OggS", pos + 1)
+    return None
+
+
+def select_audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream | None:
+    """The audio stream a file is judged and decoded on.
+
+    The audio stream with the *default* disposition (the first of them when several
+    carry it, unless FFmpeg's best stream is among them), else FFmpeg's best audio stream
+    (``av_find_best_stream``: default disposition, then frames seen while probing, then
+    bitrate), else the first audio stream.
+
+    Parameters
+    ----------
+    container : av.container.InputContainer
+
+    Returns
+    -------
+    av.audio.stream.AudioStream or None
+        ``None`` when the container holds no audio stream.
+
+    References
+    ----------
+    FFmpeg ``av_find_best_stream`` (libavformat/avformat.c); Matroska ``FlagDefault``.
+    """
+    audio = list(container.streams.audio)
+    if not audio:
+        return None
+    try:
+        best = container.streams.best("audio")
+    except (av.error.FFmpegError, ValueError):
+        best = None
+    defaults = [s for s in audio if s.disposition & av.stream.Disposition.default]
+    if defaults:
+        return best if best is not None and any(best.index == d.index for d in defaults) else defaults[0]
+    return best if best is not None else audio[0]
 
 
 # MPEG audio frame header tables (ISO/IEC 11172-3 and 13818-3), Layer III and II.
@@ -216,16 +345,21 @@ def _mpeg_tail_truncation(path: Path, *, tail_bytes: int = 16384) -> str | None:
 
 
 def probe(path: str | os.PathLike) -> ProbeResult:
-    """Read what the container declares about the first audio stream, without decoding.
+    """Read what the container declares about its audio stream, without decoding.
 
     Parameters
     ----------
     path : str or path-like
-        Any file FFmpeg can demux; the first audio stream of a video container is used.
+        Any file FFmpeg can demux. With several audio streams (a video, a multi-track
+        MKA) the one :func:`select_audio_stream` picks is described; ``audio_streams``
+        and ``stream_index`` say how many there are and which one that is.
 
     Returns
     -------
     ProbeResult
+        ``declared_duration_s`` is, for WAV, the ``data`` size / ``block_align`` of PCM and
+        IEEE-float data, else the ``fact`` chunk's sample count, else the container's
+        duration; for native FLAC the STREAMINFO sample count; else the container's.
 
     Raises
     ------
@@ -234,9 +368,15 @@ def probe(path: str | os.PathLike) -> ProbeResult:
         ``rule="has_audio_stream"`` when it holds no audio stream, ``rule="sample_rate"``
         when the header declares a sample rate of 0 Hz.
 
+    Notes
+    -----
+    This runs FFmpeg's demuxer in-process; probe untrusted files with
+    :func:`puresound_core.isolation.probe_isolated`.
+
     References
     ----------
-    FFmpeg formats documentation (libavformat); Microsoft RIFF/WAVE; ISO/IEC 11172-3.
+    FFmpeg formats documentation (libavformat); Microsoft RIFF/WAVE (``fmt``, ``fact``,
+    WAVE_FORMAT_EXTENSIBLE); ISO/IEC 11172-3; RFC 3533 (Ogg); RFC 9639 (FLAC).
     """
     p = Path(path)
     name = p.name
@@ -256,12 +396,12 @@ def probe(path: str | os.PathLike) -> ProbeResult:
         raise InvalidAudioError(f"{name}: rule 'decodable' failed: FFmpeg cannot open it ({err.strerror})",
                                 rule="decodable", path=str(p)) from err
     with container:
-        if not container.streams.audio:
+        stream = select_audio_stream(container)
+        if stream is None:
             kinds = ", ".join(s.type for s in container.streams) or "none"
             raise InvalidAudioError(
                 f"{name}: rule 'has_audio_stream' failed: container '{container.format.name}' "
                 f"has no audio stream (streams: {kinds})", rule="has_audio_stream", path=str(p))
-        stream = container.streams.audio[0]
         cc = stream.codec_context
         if not cc.sample_rate:
             raise InvalidAudioError(f"{name}: rule 'sample_rate' failed: stream declares 0 Hz",
@@ -272,16 +412,21 @@ def probe(path: str | os.PathLike) -> ProbeResult:
         elif container.duration is not None:
             declared = container.duration / av.time_base
         integrity = None
-        if riff is not None and riff.get("data_declared") and riff.get("block_align"):
-            declared = riff["data_declared"] / riff["block_align"] / riff["sample_rate_hz"]
-            if riff["data_present"] < riff["data_declared"]:
+        if riff is not None and riff.get("sample_rate_hz"):
+            if riff["pcm"] and riff.get("data_declared") and riff.get("block_align"):
+                declared = riff["data_declared"] / riff["block_align"] / riff["sample_rate_hz"]
+            elif not riff["pcm"] and riff["fact_samples"]:
+                declared = riff["fact_samples"] / riff["sample_rate_hz"]
+            if riff.get("data_declared") and riff["data_present"] < riff["data_declared"]:
                 integrity = (f"WAV data chunk declares {riff['data_declared']} bytes, "
                              f"file holds {riff['data_present']}")
         if container.format.name == "mp3":
             integrity = _mpeg_tail_truncation(p)
+        elif container.format.name == "ogg":
+            integrity = _ogg_tail_truncation(p)
         flac = _flac_streaminfo(p) if container.format.name == "flac" else None
         bit_depth = None
-        if riff is not None and riff.get("bits"):
+        if riff is not None and riff.get("bits") and riff["pcm"]:
             bit_depth = int(riff["bits"])
         elif flac is not None:
             bit_depth = flac["bits"]
@@ -297,11 +442,63 @@ def probe(path: str | os.PathLike) -> ProbeResult:
             sample_rate_hz=int(cc.sample_rate), channels=int(cc.channels),
             channel_layout=cc.layout.name, declared_duration_s=declared, bit_depth=bit_depth,
             bitrate_kbps=(bit_rate / 1000.0) if bit_rate else None, tags=tags,
-            integrity_issue=integrity,
+            integrity_issue=integrity, stream_index=int(stream.index),
+            audio_streams=len(container.streams.audio),
         )
 
 
 # --------------------------------------------------------------------------- decoding
+
+#: What the validating decode asks decoders to check (libavcodec ``err_detect``): CRCs
+#: (FLAC frame CRC-8/16, MPEG CRC-16 when present) and bitstream deviations.
+STRICT_ERR_DETECT = "crccheck+bitstream"
+
+_LEVEL_NAMES = {av.logging.PANIC: "panic", av.logging.FATAL: "fatal", av.logging.ERROR: "error",
+                av.logging.WARNING: "warning"}
+_log_lock = threading.Lock()
+_log_users = 0
+_log_saved: tuple[int | None, bool] = (None, True)
+
+
+@contextmanager
+def _ffmpeg_logging() -> Iterator[None]:
+    """Route FFmpeg warnings and errors to PyAV's log callback while any decode collects them.
+
+    PyAV discards FFmpeg's log by default; :class:`av.logging.Capture` only sees messages
+    once a level is set. The level (at least WARNING) and "do not fold repeated messages"
+    are process-wide, so they are reference-counted across threads and the previous
+    settings restored when the last collecting decode ends.
+    """
+    global _log_users, _log_saved
+    with _log_lock:
+        if _log_users == 0:
+            _log_saved = (av.logging.get_level(), av.logging.get_skip_repeated())
+            if _log_saved[0] is None or _log_saved[0] < av.logging.WARNING:
+                av.logging.set_level(av.logging.WARNING)
+            av.logging.set_skip_repeated(False)
+        _log_users += 1
+    try:
+        yield
+    finally:
+        with _log_lock:
+            _log_users -= 1
+            if _log_users == 0:
+                av.logging.set_level(_log_saved[0])
+                av.logging.set_skip_repeated(_log_saved[1])
+
+
+def _collect(on_message: Callable[[DecodeMessage], None] | None, fn: Callable, *args):
+    """Call ``fn(*args)``, passing what FFmpeg logs from this thread meanwhile to ``on_message``."""
+    if on_message is None:
+        return fn(*args)
+    with av.logging.Capture(local=True) as logs:
+        try:
+            return fn(*args)
+        finally:
+            for level, source, text in list(logs):
+                if level <= av.logging.WARNING:
+                    on_message(DecodeMessage(level=_LEVEL_NAMES.get(level, "panic" if level < 8 else "error"),
+                                             source=source or "", text=text.strip()))
 
 
 def iter_blocks(
@@ -309,8 +506,10 @@ def iter_blocks(
     *,
     block_size: int = DEFAULT_BLOCK_SIZE,
     timeout_s: float | None = None,
+    stream_index: int | None = None,
+    on_decode_message: Callable[[DecodeMessage], None] | None = None,
 ) -> Iterator[np.ndarray]:
-    """Decode the first audio stream in fixed-size blocks at its native rate and layout.
+    """Decode one audio stream in fixed-size blocks at its native rate and layout.
 
     Parameters
     ----------
@@ -318,7 +517,17 @@ def iter_blocks(
     block_size : int > 0
         Samples per channel in every block but the last (which may be shorter).
     timeout_s : float > 0, optional
-        Wall-clock budget for the whole decode, checked between packets.
+        Wall-clock budget for the whole decode, checked between packets (a decoder stuck
+        inside one FFmpeg call is only stopped by :mod:`puresound_core.isolation`).
+    stream_index : int, optional
+        Container index of the stream to decode; by default the one
+        :func:`select_audio_stream` picks, i.e. the one :func:`probe` describes.
+    on_decode_message : callable, optional
+        Called with each :class:`DecodeMessage` (warning or worse) FFmpeg logs from this
+        thread while opening, demuxing and decoding. Giving it also turns on the decoder's
+        CRC and bitstream checks (``err_detect=crccheck+bitstream``) and single-threaded
+        decoding, so that every decoder message is seen. While such a decode runs, PyAV's
+        process-wide log level is at least WARNING (see :func:`_ffmpeg_logging`).
 
     Yields
     ------
@@ -328,65 +537,91 @@ def iter_blocks(
     Raises
     ------
     InvalidAudioError
-        ``rule="decodable"`` when the stream cannot be opened or a packet cannot be decoded.
+        ``rule="decodable"`` when the stream cannot be opened or a packet cannot be decoded,
+        ``rule="has_audio_stream"`` when there is no audio stream (or ``stream_index`` is
+        not one).
     DecodeTimeoutError
         ``rule="decode_timeout"`` when decoding takes longer than ``timeout_s``.
 
     Notes
     -----
     Memory is O(block_size) whatever the duration. Decoders apply codec priming
-    (MP3 LAME/Xing delay, AAC edit lists, Opus pre-skip) as FFmpeg does.
+    (MP3 LAME/Xing delay, AAC edit lists, Opus pre-skip) as FFmpeg does. Frames are
+    converted to packed float (``flt``) and de-interleaved with numpy: PyAV 18's
+    ``AudioFrame.planes`` / ``to_ndarray`` reads past the plane-pointer array of planar
+    frames with 8 or more channels and crashes the process.
     """
     p = Path(path)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    try:
-        container = av.open(str(p), metadata_errors="replace")
-    except av.error.FFmpegError as err:
-        raise InvalidAudioError(f"{p.name}: rule 'decodable' failed: FFmpeg cannot open it ({err.strerror})",
-                                rule="decodable", path=str(p)) from err
-    with container:
-        if not container.streams.audio:
-            raise InvalidAudioError(f"{p.name}: rule 'has_audio_stream' failed: no audio stream",
-                                    rule="has_audio_stream", path=str(p))
-        stream = container.streams.audio[0]
-        cc = stream.codec_context
-        resampler = av.AudioResampler(format="fltp", layout=cc.layout, rate=cc.sample_rate)
-        pending: list[np.ndarray] = []
-        pending_len = 0
-        decoded_frames = 0
+    with _ffmpeg_logging() if on_decode_message is not None else nullcontext():
+        try:
+            container = _collect(on_decode_message, lambda: av.open(str(p), metadata_errors="replace"))
+        except av.error.FFmpegError as err:
+            raise InvalidAudioError(f"{p.name}: rule 'decodable' failed: FFmpeg cannot open it ({err.strerror})",
+                                    rule="decodable", path=str(p)) from err
+        with container:
+            if stream_index is None:
+                stream = select_audio_stream(container)
+            else:
+                candidates = [s for s in container.streams.audio if s.index == stream_index]
+                stream = candidates[0] if candidates else None
+            if stream is None:
+                what = "no audio stream" if stream_index is None else f"stream #{stream_index} is not audio"
+                raise InvalidAudioError(f"{p.name}: rule 'has_audio_stream' failed: {what}",
+                                        rule="has_audio_stream", path=str(p))
+            cc = stream.codec_context
+            if on_decode_message is not None:
+                cc.options = {**cc.options, "err_detect": STRICT_ERR_DETECT}
+                cc.thread_count = 1
+            resampler = av.AudioResampler(format="flt", layout=cc.layout, rate=cc.sample_rate)
+            demuxer = container.demux(stream)
+            decoded_frames = 0
 
-        def frames() -> Iterator[av.AudioFrame]:
-            nonlocal decoded_frames
-            try:
-                for packet in container.demux(stream):
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise DecodeTimeoutError(
-                            f"{p.name}: rule 'decode_timeout' failed: decode exceeded {timeout_s:g} s",
-                            rule="decode_timeout", path=str(p))
-                    for frame in packet.decode():
-                        decoded_frames += 1
-                        yield from resampler.resample(frame)
-                yield from resampler.resample(None)
-            except av.error.FFmpegError as err:
-                raise InvalidAudioError(
-                    f"{p.name}: rule 'decodable' failed: decode error after {decoded_frames} frames "
-                    f"({err.strerror})", rule="decodable", path=str(p)) from err
+            def step() -> list[av.AudioFrame] | None:
+                """Demux and decode one packet; ``None`` once the stream (and resampler) is flushed."""
+                nonlocal decoded_frames
+                packet = next(demuxer, None)
+                if packet is None:
+                    return None
+                out: list[av.AudioFrame] = []
+                for frame in packet.decode():
+                    decoded_frames += 1
+                    out.extend(resampler.resample(frame))
+                return out
 
-        for frame in frames():
-            data = frame.to_ndarray()
-            pending.append(data)
-            pending_len += data.shape[1]
-            if pending_len >= block_size:
-                joined = np.concatenate(pending, axis=1) if len(pending) > 1 else pending[0]
-                start = 0
-                while joined.shape[1] - start >= block_size:
-                    yield np.ascontiguousarray(joined[:, start:start + block_size], dtype=np.float32)
-                    start += block_size
-                rest = joined[:, start:]
-                pending = [rest] if rest.shape[1] else []
-                pending_len = rest.shape[1]
-        if pending_len:
-            yield np.ascontiguousarray(np.concatenate(pending, axis=1), dtype=np.float32)
+            pending: list[np.ndarray] = []
+            pending_len = 0
+            flushed = False
+            while not flushed:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DecodeTimeoutError(
+                        f"{p.name}: rule 'decode_timeout' failed: decode exceeded {timeout_s:g} s",
+                        rule="decode_timeout", path=str(p))
+                try:
+                    frames = _collect(on_decode_message, step)
+                    if frames is None:
+                        frames = _collect(on_decode_message, resampler.resample, None)
+                        flushed = True
+                except av.error.FFmpegError as err:
+                    raise InvalidAudioError(
+                        f"{p.name}: rule 'decodable' failed: decode error after {decoded_frames} frames "
+                        f"({err.strerror})", rule="decodable", path=str(p)) from err
+                for frame in frames:
+                    # Packed float: one plane of samples * channels values, interleaved.
+                    data = frame.to_ndarray().reshape(-1, frame.layout.nb_channels).T
+                    pending.append(data)
+                    pending_len += data.shape[1]
+                if pending_len >= block_size:
+                    joined = np.concatenate(pending, axis=1) if len(pending) > 1 else pending[0]
+                    start = 0
+                    while joined.shape[1] - start >= block_size:
+                        yield np.ascontiguousarray(joined[:, start:start + block_size], dtype=np.float32)
+                        start += block_size
+                    rest = joined[:, start:]
+                    pending = [rest] if rest.shape[1] else []
+                    pending_len = rest.shape[1]
+            if pending_len:
+                yield np.ascontiguousarray(np.concatenate(pending, axis=1), dtype=np.float32)
 
 
 def decode(path: str | os.PathLike, *, timeout_s: float | None = None) -> tuple[np.ndarray, int]:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import struct
+
 import av
 import numpy as np
 import pytest
 import soundfile as sf
 
-from puresound_core.audio import EncoderSettings, blocks_of, decode, encode_blocks, iter_blocks, probe
+from puresound_core.audio import (
+    EncoderSettings,
+    ProbeResult,
+    blocks_of,
+    decode,
+    encode_blocks,
+    iter_blocks,
+    probe,
+)
 from puresound_core.errors import EncodingError, InvalidAudioError
+from puresound_core.validation import ValidationLimits, validate_file
 from tests.conftest import pink_noise, sine, write_wav
 
 
@@ -130,3 +141,143 @@ def test_written_files_are_readable_by_libsndfile(tmp_path):
     out = encode_blocks([sine(-6, 1, 22050, channels=1)], tmp_path / "m.wav", settings=settings)
     data, rate = sf.read(out.path)
     assert rate == 22050 and data.shape == (22050,)
+
+
+def _distinct_channels(channels: int, sample_rate_hz: int = 48000, duration_s: float = 1.0) -> np.ndarray:
+    """Each channel a different sine frequency and level, so a channel swap or mix is visible."""
+    t = np.arange(int(duration_s * sample_rate_hz)) / sample_rate_hz
+    return np.stack([0.5 * np.sin(2 * np.pi * (200 + 100 * c) * t) * (c + 1) / (channels + 1)
+                     for c in range(channels)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("channels", [6, 8, 12])
+def test_multichannel_24bit_decodes_exactly(tmp_path, channels):
+    # PyAV 18 crashes reading planar frames of >= 8 channels; iter_blocks reads packed float.
+    audio = _distinct_channels(channels)
+    path = write_wav(tmp_path / f"c{channels}.wav", audio, 48000, subtype="PCM_24")
+    info = probe(path)
+    assert (info.channels, info.sample_rate_hz, info.bit_depth) == (channels, 48000, 24)
+    decoded, rate = decode(path)
+    assert rate == 48000 and decoded.shape == (channels, 48000)
+    np.testing.assert_allclose(decoded, audio, atol=2**-23)  # 24-bit quantisation (1/2 LSB)
+    sizes = [b.shape for b in iter_blocks(path, block_size=5000)]
+    assert all(s[0] == channels for s in sizes) and sum(s[1] for s in sizes) == 48000
+
+
+def _encode_wav(path, encoder: str, *, rate: int, layout: str, duration_s: float = 3.0):
+    """A compressed WAV written by PyAV's wav muxer (which also writes a ``fact`` chunk)."""
+    channels = 2 if layout == "stereo" else 1
+    n = int(rate * duration_s)
+    audio = np.tile(0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / rate), (channels, 1)).astype(np.float32)
+    with av.open(str(path), "w", format="wav") as out:
+        stream = out.add_stream(encoder, rate=rate, layout=layout)
+        fmt = next(f.name for f in stream.codec_context.codec.audio_formats if f.name in ("fltp", "s16", "s16p"))
+        size = stream.codec_context.frame_size or 1024
+        for start in range(0, n, size):
+            block = audio[:, start:start + size]
+            data = block if fmt.endswith("p") else block.T.reshape(1, -1)
+            if fmt.startswith("s16"):
+                data = np.round(data * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=layout)
+            frame.sample_rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def _gsm_wav(path, *, blocks: int = 150, seed: int = 0):
+    """GSM 6.10 in WAV (format tag 0x31, 65-byte blocks of 320 samples) around seeded payload.
+
+    FFmpeg has no GSM encoder; every bit pattern is a valid GSM frame, so the payload decodes.
+    """
+    rng = np.random.default_rng(seed)
+    payload = rng.integers(0, 256, blocks * 65, dtype=np.uint8).tobytes()
+    fmt = struct.pack("<HHIIHHHH", 0x31, 1, 8000, 1625, 65, 0, 2, 320)
+    fact = struct.pack("<I", blocks * 320)
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<I", 4) + fact
+            + b"data" + struct.pack("<I", len(payload)) + payload)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+@pytest.mark.parametrize(("encoder", "rate", "layout"), [
+    ("adpcm_ima_wav", 8000, "mono"), ("adpcm_ms", 22050, "stereo"), ("libmp3lame", 44100, "stereo"),
+])
+def test_compressed_wav_declares_its_fact_duration(tmp_path, encoder, rate, layout):
+    path = _encode_wav(tmp_path / f"{encoder}.wav", encoder, rate=rate, layout=layout)
+    info = probe(path)
+    assert info.container == "wav" and not info.codec.startswith("pcm_")
+    assert info.declared_duration_s == pytest.approx(3.0, abs=0.1)  # not data bytes / block_align
+    assert info.bit_depth is None
+    report = validate_file(path)
+    assert report.passed, [r.message for r in report.failures]
+
+
+def test_gsm_in_wav_declares_its_fact_duration(tmp_path):
+    path = _gsm_wav(tmp_path / "gsm.wav")
+    info = probe(path)
+    assert info.codec == "gsm_ms" and info.declared_duration_s == pytest.approx(150 * 320 / 8000)
+    report = validate_file(path, ValidationLimits(clipping_ratio_max=1.0))
+    assert {"declared_duration", "decode_errors", "decodable"}.isdisjoint(report.failed_rules), report.failed_rules
+
+
+def _two_track_mka(path, *, default_track: int | None):
+    """Track 0 digital silence, track 1 a -6 dBFS sine; ``default_track`` gets the default flag."""
+    audio = sine(-6, 2, 48000)
+    with av.open(str(path), "w", format="matroska") as out:
+        tracks = [out.add_stream("flac", rate=48000, layout="stereo") for _ in range(2)]
+        for i, track in enumerate(tracks):
+            track.disposition = av.stream.Disposition.default if i == default_track else 0
+        for track, signal in zip(tracks, (np.zeros_like(audio), audio), strict=True):
+            for start in range(0, audio.shape[1], 4800):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(signal[:, start:start + 4800]),
+                                                   format="fltp", layout="stereo")
+                frame.sample_rate, frame.pts = 48000, start
+                for packet in track.encode(frame):
+                    out.mux(packet)
+            for packet in track.encode(None):
+                out.mux(packet)
+    return path
+
+
+def test_two_track_mka_uses_the_default_track_for_probe_and_decode(tmp_path):
+    path = _two_track_mka(tmp_path / "two.mka", default_track=1)
+    info = probe(path)
+    assert (info.stream_index, info.audio_streams) == (1, 2)
+    decoded, _ = decode(path)
+    assert np.abs(decoded).max() == pytest.approx(10 ** (-6 / 20), abs=1e-3)  # the sine, not the silence
+    assert validate_file(path).passed
+
+
+def test_two_track_mka_without_default_names_the_other_streams(tmp_path):
+    path = _two_track_mka(tmp_path / "nodefault.mka", default_track=None)
+    info = probe(path)
+    with av.open(str(path)) as container:
+        assert info.stream_index == container.streams.best("audio").index
+    assert info.audio_streams == 2
+    silent_first = np.abs(next(iter_blocks(path))).max() == 0
+    report = validate_file(path)
+    if silent_first:  # FFmpeg's best stream is the silent track: judged on it, and says so
+        failure = next(r for r in report.failures if r.rule == "not_silent")
+        assert "the file has 2 audio streams" in failure.message
+    assert report.probe.stream_index == info.stream_index
+
+
+def test_probe_result_defaults_keep_old_constructors():
+    info = ProbeResult(path="x.wav", file_size_bytes=1, container="wav", codec="pcm_s16le", sample_rate_hz=8000,
+                       channels=1, channel_layout="mono", declared_duration_s=None, bit_depth=16, bitrate_kbps=None)
+    assert (info.stream_index, info.audio_streams) == (0, 1)
+
+
+def test_truncated_ogg_is_an_integrity_issue(tmp_path, corpus):
+    data = (corpus / "effects" / "oxygen__Oxygen-K3B-Finish-Success.ogg").read_bytes()
+    assert probe(corpus / "effects" / "oxygen__Oxygen-K3B-Finish-Success.ogg").integrity_issue is None
+    cut_mid_page = tmp_path / "mid.ogg"
+    cut_mid_page.write_bytes(data[:len(data) * 2 // 3])
+    assert "final Ogg page has" in probe(cut_mid_page).integrity_issue
+    last_page = data.rfind(b"OggS")
+    cut_on_page = tmp_path / "page.ogg"
+    cut_on_page.write_bytes(data[:data.rfind(b"OggS", 0, last_page)])
+    assert probe(cut_on_page).integrity_issue == "final Ogg page lacks the end-of-stream flag"

@@ -81,3 +81,67 @@ def test_decode_timeout_is_a_failed_rule(tmp_path):
 def test_missing_file_is_a_report_not_an_exception(tmp_path):
     report = validate_file(tmp_path / "nope.wav")
     assert not report.passed and "decodable" in report.failed_rules
+
+
+# ../shared/corpus good files -> rules they fail under the default limits (short effects).
+GOOD_CORPUS_FAILURES = {
+    "effects/freedesktop__bell.oga": ["duration_min"],
+    "effects/freedesktop__camera-shutter.oga": ["duration_min"],
+    "effects/hyperrogue__explosion.ogg": ["duration_min", "clipping_ratio_max"],
+    "effects/tuxtype__laser.wav": ["duration_min"],
+}
+
+
+@pytest.mark.slow
+def test_good_corpus_files_have_no_decode_errors(corpus):
+    files = sorted(p for folder in ("music", "speech", "effects") for p in (corpus / folder).rglob("*")
+                   if p.is_file())
+    assert len(files) >= 20
+    for path in files:
+        report = validate_file(path)
+        rel = str(path.relative_to(corpus))
+        decode_errors = next(r for r in report.rules if r.rule == "decode_errors")
+        assert decode_errors.passed and decode_errors.measured == 0, decode_errors.message
+        assert report.failed_rules == GOOD_CORPUS_FAILURES.get(rel, []), (rel, report.failed_rules)
+
+
+def _flac(tmp_path, name="x.flac"):
+    path = write_wav(tmp_path / name, pink_noise(3, 44100, level_dbfs=-20, seed=3), 44100, subtype="PCM_16",
+                     fmt="FLAC")
+    assert validate_file(path).passed
+    return path
+
+
+def test_corrupt_flac_frames_fail_decode_errors(tmp_path):
+    data = bytearray(_flac(tmp_path).read_bytes())
+    for offset in range(len(data) // 3, 2 * len(data) // 3, len(data) // 20):
+        data[offset] ^= 0x55  # inside frames: CRC-16 mismatches, decoding goes on
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(bytes(data))
+    report = validate_file(corrupt)
+    assert "decode_errors" in report.failed_rules
+    rule = next(r for r in report.failures if r.rule == "decode_errors")
+    assert rule.measured >= 1 and rule.limit == 0
+    assert rule.message.startswith("corrupt.flac: rule 'decode_errors' failed: ") and ", first: [flac] " in rule.message
+    tolerant = validate_file(corrupt, ValidationLimits(decode_errors_max=10_000))
+    assert "decode_errors" not in tolerant.failed_rules
+
+
+def test_truncated_flac_and_ogg_are_rejected(tmp_path, corpus):
+    data = _flac(tmp_path).read_bytes()
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(data[:len(data) - 1000])
+    assert not validate_file(cut).passed
+    ogg = (corpus / "music" / "drascula__track12_9s_jingle.ogg").read_bytes()
+    cut_ogg = tmp_path / "cut.ogg"
+    cut_ogg.write_bytes(ogg[:len(ogg) // 2])
+    report = validate_file(cut_ogg)
+    assert "declared_duration" in report.failed_rules
+    assert "truncated: final Ogg page" in next(r.message for r in report.failures if r.rule == "declared_duration")
+
+
+def test_rule_table_and_rule_result_fields():
+    from puresound_core import validation
+
+    assert "``decode_errors``" in validation.__doc__
+    assert list(validation.RuleResult.model_fields) == ["rule", "passed", "measured", "limit", "message"]
