@@ -37,7 +37,7 @@ import soxr
 from pydantic import BaseModel, ConfigDict
 
 from .audio import ProbeResult, iter_blocks, probe
-from .loudness import LoudnessMeter, LoudnessReport
+from .loudness import LoudnessMeter, LoudnessReport, LoudnessSeries
 
 ContentClass = Literal["speech", "music", "silence", "mixed"]
 
@@ -108,6 +108,8 @@ class AnalysisReport(BaseModel):
     content : ContentReport
     probe : ProbeResult or None
         Set by :func:`analyze_file`.
+    series : LoudnessSeries or None
+        Momentary / short-term loudness over time (for the HTML report).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -115,6 +117,7 @@ class AnalysisReport(BaseModel):
     loudness: LoudnessReport
     content: ContentReport
     probe: ProbeResult | None = None
+    series: LoudnessSeries | None = None
 
 
 class _Framer:
@@ -364,7 +367,7 @@ def analyze_blocks(
     for block in blocks:
         meter.process(block)      # checks finiteness first
         content.process(block)
-    return AnalysisReport(loudness=meter.report(), content=content.report())
+    return AnalysisReport(loudness=meter.report(), content=content.report(), series=meter.series())
 
 
 def analyze_file(path, *, timeout_s: float | None = None, silence_threshold_dbfs: float = -60.0) -> AnalysisReport:

@@ -170,6 +170,26 @@ class LoudnessReport(BaseModel):
     reason: str | None = None
 
 
+class LoudnessSeries(BaseModel):
+    """Momentary and short-term loudness over time, thinned for plots and reports.
+
+    Attributes
+    ----------
+    hop_s : float
+        Seconds between values (0.1 s, or more for long programmes: at most ``max_points``).
+    momentary_lufs, short_term_lufs : list of float or None
+        Value ``j`` is the loudness of the window *ending* at ``(j + 1) * hop_s`` (the
+        largest value within each hop when thinned); ``None`` before the first full window
+        and for digital silence. The windows are 400 ms and 3 s (EBU Tech 3341).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    hop_s: float
+    momentary_lufs: list[float | None]
+    short_term_lufs: list[float | None]
+
+
 class LoudnessMeter:
     """Streaming BS.1770-4 / EBU Tech 3341-3342 meter.
 
@@ -287,6 +307,31 @@ class LoudnessMeter:
             Value ``j`` ends at ``(j + 30) * 100 ms``.
         """
         return _energy_to_lufs(self._windowed(SHORT_TERM_SEGMENTS))
+
+    def series(self, *, max_points: int = 1200) -> LoudnessSeries:
+        """Momentary and short-term loudness of everything fed so far, for a plot.
+
+        Parameters
+        ----------
+        max_points : int > 0
+            Longest series returned; longer programmes keep the largest value of each hop.
+
+        Returns
+        -------
+        LoudnessSeries
+        """
+        segments = len(self._segment_energy)
+        step = max(1, -(-segments // max_points))
+
+        def thinned(values: np.ndarray, window: int) -> list[float | None]:
+            full = np.full(segments, -np.inf)
+            if values.size:
+                full[window - 1:window - 1 + values.size] = values  # index by the segment a window ends in
+            usable = full[: segments // step * step].reshape(-1, step).max(axis=1) if segments >= step else full[:0]
+            return [round(float(v), 2) if np.isfinite(v) else None for v in usable]
+
+        return LoudnessSeries(hop_s=0.1 * step, momentary_lufs=thinned(self.momentary_lufs(), MOMENTARY_SEGMENTS),
+                              short_term_lufs=thinned(self.short_term_lufs(), SHORT_TERM_SEGMENTS))
 
     def report(self) -> LoudnessReport:
         """Results for everything fed so far.

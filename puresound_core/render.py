@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -33,15 +34,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .analysis import AnalysisReport, ContentAnalyzer
-from .cancel import stoppable
 from .audio import EncodeResult, EncoderSettings, encode_blocks, iter_blocks, probe
+from .cancel import stoppable
 from .gain_tags import R128_REFERENCE_LUFS, REPLAYGAIN_REFERENCE_LUFS, gain_tags, write_tags
-from .loudness import LoudnessMeter, LoudnessReport
+from .loudness import LoudnessMeter, LoudnessReport, LoudnessSeries
 from .processing import ProcessingPlan, ProcessingStats, process_blocks
 
 __all__ = [
     "DUAL_MONO_OFFSET_LU", "LoudnessTarget", "PlanProblem", "R128_REFERENCE_LUFS", "REPLAYGAIN_REFERENCE_LUFS",
     "RenditionPlan", "RenditionResult", "VerificationCheck", "VerificationReport", "bit_exact_check", "decoded_sha256",
+    "encoder_gain_db",
     "plan_rendition", "render_rendition", "verify_rendition",
 ]
 
@@ -56,6 +58,79 @@ DUAL_MONO_OFFSET_LU = 10.0 * math.log10(2.0)
 COMPENSATION_PASSES = 3
 #: Renders of one rendition at most.
 MAX_ATTEMPTS = 3
+#: Lossy renditions limit this far under the ceiling: decoders reconstruct peaks the
+#: encoder's quantisation adds (measured here: 0.1-1.5 dB for Opus 48 kbps, 0.25 dB for MP3
+#: 128 kbps on corpus material), so limiting to the ceiling itself makes retries.
+LOSSY_CEILING_MARGIN_DB = 0.5
+#: Source and output rates from which loudness is measured at the source rate.
+RATE_SAFE_HZ = 44100
+#: :func:`encoder_gain_db`'s two reference signals must agree this closely (dB).
+ENCODER_GAIN_AGREEMENT_DB = 0.1
+
+
+@functools.lru_cache(maxsize=64)
+def encoder_gain_db(settings: EncoderSettings) -> float:
+    """Level change (dB) an encoder + decoder applies, measured once per settings on pink noise.
+
+    Some encoders change the level of everything they encode: libmp3lame at 160 kbps and
+    under plays back ~0.45 dB quieter, at 192 kbps ~0.26 dB (measured here on music and
+    speech alike: a broadband gain, not a low-pass). Two six-second references at -20 dBFS
+    RMS, both under every codec's low-pass (seeded pink noise band-limited to 100 Hz -
+    4 kHz, and a complex of seven tones from 220 Hz to 3.3 kHz), are encoded with
+    ``settings``, decoded and measured (BS.1770-4 integrated loudness). When both change by
+    the same amount (within :data:`ENCODER_GAIN_AGREEMENT_DB`) that is the encoder's gain,
+    which the plan pre-compensates; otherwise the codec treats content differently (Opus at
+    low bitrates loses ~1 dB on noise, nothing on tones) and 0 is returned. Content-dependent
+    losses remain for the retry to correct.
+
+    Parameters
+    ----------
+    settings : EncoderSettings
+
+    Returns
+    -------
+    float
+        Decoded minus encoded loudness, in dB; 0 for lossless codecs.
+
+    Raises
+    ------
+    EncodingError
+        If the encoder fails.
+    """
+    if settings.lossless:
+        return 0.0
+    rate, channels = settings.sample_rate_hz, settings.channels
+    n = 6 * rate
+    rng = np.random.default_rng(0)
+    spectrum = np.fft.rfft(rng.standard_normal((channels, n)), axis=1)
+    freqs = np.fft.rfftfreq(n, 1 / rate)
+    spectrum[:, 1:] /= np.sqrt(freqs[1:])
+    spectrum[:, (freqs < 100.0) | (freqs > 4000.0)] = 0  # under every codec's low-pass
+    noise = np.fft.irfft(spectrum, n=n, axis=1)
+    t = np.arange(n) / rate
+    tones = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi, (channels, 1)))
+                for f in (220.0, 440.0, 660.0, 990.0, 1480.0, 2220.0, 3330.0))
+    gains = [_encoded_minus_source_lu(signal * 0.1 / np.sqrt(np.mean(signal ** 2)), settings)
+             for signal in (noise, tones)]
+    # A broadband gain shows on both references alike; a disagreement is the codec treating
+    # noise and tones differently (Opus at low bitrates), which is content, not gain.
+    return round(float(np.mean(gains)), 3) if abs(gains[0] - gains[1]) <= ENCODER_GAIN_AGREEMENT_DB else 0.0
+
+
+def _encoded_minus_source_lu(signal: np.ndarray, settings: EncoderSettings) -> float:
+    import tempfile
+
+    signal = signal.astype(np.float32)
+    before = LoudnessMeter(sample_rate_hz=settings.sample_rate_hz, channels=settings.channels)
+    before.process(signal)
+    with tempfile.TemporaryDirectory(prefix="puresound-encoder-gain-") as folder:
+        path = Path(folder) / f"reference.{settings.extension}"
+        encode_blocks([signal], path, settings=settings)
+        info = probe(path)
+        after = LoudnessMeter(sample_rate_hz=info.sample_rate_hz, channels=info.channels)
+        for block in iter_blocks(path):
+            after.process(block)
+    return after.report().integrated_lufs - before.report().integrated_lufs
 
 
 class LoudnessTarget(BaseModel):
@@ -153,6 +228,8 @@ class VerificationReport(BaseModel):
         The plain BS.1770 reading of a mono file measured as dual-mono (``loudness`` minus
         3.01 LU; blocks within 3 dB of the -70 LUFS absolute gate aside, this is exact);
         equal to ``loudness.integrated_lufs`` otherwise.
+    series : LoudnessSeries or None
+        Momentary / short-term loudness over time, as played (for the HTML report).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -163,6 +240,7 @@ class VerificationReport(BaseModel):
     loudness: LoudnessReport
     dual_mono: bool = False
     single_channel_lufs: float | None = None
+    series: LoudnessSeries | None = None
 
     @property
     def failures(self) -> list[VerificationCheck]:
@@ -202,6 +280,11 @@ class RenditionPlan(BaseModel):
         Of the delivered signal before gain.
     expected_duration_s : float
         After trim.
+    encoder_gain_db : float
+        Level change of the encoder + decoder for these settings (:func:`encoder_gain_db`).
+    aim_lufs : float or None
+        Loudness the processed signal aims at before encoding: the target minus
+        ``encoder_gain_db``, so that the *encoded* file lands on the target.
     problems : list of PlanProblem
         Non-empty when the rendition cannot meet its target: do not render.
     """
@@ -213,6 +296,8 @@ class RenditionPlan(BaseModel):
     delivered_true_peak_dbtp: float
     delivered_rms_dbfs: float
     expected_duration_s: float
+    encoder_gain_db: float = 0.0
+    aim_lufs: float | None = None
     problems: list[PlanProblem] = []
 
 
@@ -268,6 +353,7 @@ def verify_rendition(
     expected_duration_s: float,
     duration_tolerance_s: float = DURATION_TOLERANCE_S,
     processing: ProcessingStats | None = None,
+    name: str | None = None,
 ) -> VerificationReport:
     """Decode an encoded rendition and check it against its targets.
 
@@ -286,6 +372,9 @@ def verify_rendition(
     processing : ProcessingStats, optional
         What the chain did; with ``target.max_gain_reduction_db`` it adds the
         ``gain_reduction`` check.
+    name : str, optional
+        The file name the messages use (default: ``path``'s); a file encoded under a
+        temporary name is named as it will be published.
 
     Returns
     -------
@@ -302,6 +391,7 @@ def verify_rendition(
     """
     p = Path(path)
     info = probe(p)
+    label = name or p.name
     dual = _played_as_dual_mono(info.channels, target)
     meter = LoudnessMeter(sample_rate_hz=info.sample_rate_hz, channels=info.channels, layout=info.channel_layout,
                           dual_mono=dual)
@@ -323,58 +413,58 @@ def verify_rendition(
         played = " as played (dual-mono)" if dual else ""
         checks.append(VerificationCheck(
             check="integrated_loudness", passed=ok, measured=measured, expected=target.target_lufs,
-            message=f"{p.name}: integrated loudness {_fmt(measured, 'LUFS')}{played}, target "
+            message=f"{label}: integrated loudness {_fmt(measured, 'LUFS')}{played}, target "
                     f"{target.target_lufs:.1f} +-{target.tolerance_lu:g} LU"))
     if target.ceiling_dbtp is not None:
         tp = loudness.true_peak_dbtp
         ok = tp <= target.ceiling_dbtp
         checks.append(VerificationCheck(
             check="true_peak", passed=ok, measured=tp if math.isfinite(tp) else None, expected=target.ceiling_dbtp,
-            message=f"{p.name}: true peak {tp:.2f} dBTP {'<=' if ok else '>'} ceiling {target.ceiling_dbtp:.1f} dBTP"))
+            message=f"{label}: true peak {tp:.2f} dBTP {'<=' if ok else '>'} ceiling {target.ceiling_dbtp:.1f} dBTP"))
     if target.rms_range_dbfs is not None:
         low, high = target.rms_range_dbfs
         ok = low <= loudness.rms_dbfs <= high
         checks.append(VerificationCheck(
             check="rms", passed=ok, measured=loudness.rms_dbfs if math.isfinite(loudness.rms_dbfs) else None,
             expected=f"{low:g} to {high:g}",
-            message=f"{p.name}: RMS {loudness.rms_dbfs:.2f} dBFS {'within' if ok else 'outside'} {low:g} to {high:g} dBFS"))
+            message=f"{label}: RMS {loudness.rms_dbfs:.2f} dBFS {'within' if ok else 'outside'} {low:g} to {high:g} dBFS"))
     if target.sample_peak_max_dbfs is not None:
         ok = loudness.sample_peak_dbfs <= target.sample_peak_max_dbfs
         checks.append(VerificationCheck(
             check="sample_peak", passed=ok,
             measured=loudness.sample_peak_dbfs if math.isfinite(loudness.sample_peak_dbfs) else None,
             expected=target.sample_peak_max_dbfs,
-            message=f"{p.name}: sample peak {loudness.sample_peak_dbfs:.2f} dBFS "
+            message=f"{label}: sample peak {loudness.sample_peak_dbfs:.2f} dBFS "
                     f"{'<=' if ok else '>'} {target.sample_peak_max_dbfs:g} dBFS"))
     if target.noise_floor_max_dbfs is not None:
         floor = noise_floor_dbfs
         ok = floor is None or floor <= target.noise_floor_max_dbfs
         checks.append(VerificationCheck(
             check="noise_floor", passed=ok, measured=floor, expected=target.noise_floor_max_dbfs,
-            message=f"{p.name}: noise floor {_fmt(floor, 'dBFS')} {'<=' if ok else '>'} "
+            message=f"{label}: noise floor {_fmt(floor, 'dBFS')} {'<=' if ok else '>'} "
                     f"{target.noise_floor_max_dbfs:g} dBFS"))
     if processing is not None and target.max_gain_reduction_db is not None:
         reduction = processing.max_gain_reduction_db
         ok = reduction <= target.max_gain_reduction_db
         checks.append(VerificationCheck(
             check="gain_reduction", passed=ok, measured=reduction, expected=target.max_gain_reduction_db,
-            message=f"{p.name}: limiter gain reduction {reduction:.2f} dB {'<=' if ok else '>'} "
+            message=f"{label}: limiter gain reduction {reduction:.2f} dB {'<=' if ok else '>'} "
                     f"{target.max_gain_reduction_db:g} dB"))
     gap = abs(loudness.duration_s - expected_duration_s)
     checks.append(VerificationCheck(
         check="duration", passed=gap <= duration_tolerance_s, measured=loudness.duration_s,
         expected=expected_duration_s,
-        message=f"{p.name}: duration {loudness.duration_s:.3f} s vs {expected_duration_s:.3f} s "
+        message=f"{label}: duration {loudness.duration_s:.3f} s vs {expected_duration_s:.3f} s "
                 f"(difference {gap * 1000:.1f} ms, limit {duration_tolerance_s * 1000:.0f} ms)"))
     checks.append(VerificationCheck(
         check="channels", passed=info.channels == settings.channels, measured=info.channels,
-        expected=settings.channels, message=f"{p.name}: {info.channels} channels, asked {settings.channels}"))
+        expected=settings.channels, message=f"{label}: {info.channels} channels, asked {settings.channels}"))
     checks.append(VerificationCheck(
         check="sample_rate", passed=info.sample_rate_hz == settings.sample_rate_hz, measured=info.sample_rate_hz,
         expected=settings.sample_rate_hz,
-        message=f"{p.name}: {info.sample_rate_hz} Hz, asked {settings.sample_rate_hz} Hz"))
+        message=f"{label}: {info.sample_rate_hz} Hz, asked {settings.sample_rate_hz} Hz"))
     return VerificationReport(path=str(p), passed=all(c.passed for c in checks), checks=checks, loudness=loudness,
-                              dual_mono=dual, single_channel_lufs=single)
+                              dual_mono=dual, single_channel_lufs=single, series=meter.series())
 
 
 def _rendered_loudness(source, src_rate: int, plan: ProcessingPlan, *, dual_mono: bool) -> float | None:
@@ -468,21 +558,27 @@ def plan_rendition(
                           highpass_hz=highpass_hz, trim_start_samples=trim_start, trim_end_samples=trim_end,
                           source_layout=layout, downmix=downmix)
     dual = _played_as_dual_mono(settings.channels, target)
-    # Loudness before gain, measured at the source rate: resampling changes it only by what
-    # lies above the new Nyquist frequency, negligible after K-weighting; a true-peak rise
-    # from resampling is caught by verification, whose retry lowers the ceiling.
-    if highpass_hz is None and not trim_start and not trim_end and settings.channels == loud.channels:
+    # Loudness before gain. Between rates of 44.1 kHz and up, resampling changes it only by
+    # what lies above the new Nyquist frequency, negligible after K-weighting, so it is
+    # measured at the source rate (and, for the identity chain, taken from the analysis).
+    # Below 44.1 kHz the K-weighting filters' bilinear transform departs from the 48 kHz
+    # response (an 8 kHz source reads ~0.2 LU off), so the delivered signal is measured at
+    # the output rate. A true-peak rise from resampling is caught by verification.
+    rate_safe = src_rate == settings.sample_rate_hz or min(src_rate, settings.sample_rate_hz) >= RATE_SAFE_HZ
+    if rate_safe and highpass_hz is None and not trim_start and not trim_end and settings.channels == loud.channels:
         delivered_lufs = loud.integrated_lufs
         if dual and delivered_lufs is not None:
             delivered_lufs += DUAL_MONO_OFFSET_LU  # the same mono signal, its channel counted twice
         tp, rms = loud.true_peak_dbtp, loud.rms_dbfs
     else:
-        meter = LoudnessMeter(sample_rate_hz=src_rate, channels=settings.channels, dual_mono=dual)
-        at_source_rate = base.model_copy(update={"output_sample_rate_hz": src_rate})
-        for block in process_blocks(iter_blocks(source), sample_rate_hz=src_rate, plan=at_source_rate):
+        measure_rate = src_rate if rate_safe else settings.sample_rate_hz
+        meter = LoudnessMeter(sample_rate_hz=measure_rate, channels=settings.channels, dual_mono=dual)
+        chain = base.model_copy(update={"output_sample_rate_hz": measure_rate})
+        for block in process_blocks(stoppable(iter_blocks(source)), sample_rate_hz=src_rate, plan=chain):
             meter.process(block)
         pre = meter.report()
         delivered_lufs, tp, rms = pre.integrated_lufs, pre.true_peak_dbtp, pre.rms_dbfs
+    codec_gain_db = encoder_gain_db(settings)
 
     problems: list[PlanProblem] = []
     gain_db = 0.0
@@ -493,15 +589,17 @@ def plan_rendition(
                 f"block of the delivered signal is above the -70 LUFS absolute gate, so it cannot be normalised "
                 f"to {target.target_lufs:g} LUFS"))
         else:
-            gain_db = target.target_lufs - delivered_lufs
+            gain_db = target.target_lufs - delivered_lufs - codec_gain_db
     elif target.target_rms_dbfs is not None and math.isfinite(rms):
-        gain_db = target.target_rms_dbfs - rms
+        gain_db = target.target_rms_dbfs - rms - codec_gain_db
     if gain_db > target.max_gain_db:
         problems.append(PlanProblem(
             rule="gain_max", measured=round(gain_db, 2), limit=target.max_gain_db,
             message=f"{name}: rule 'gain_max' failed: reaching the target needs {gain_db:+.1f} dB of gain > "
                     f"{target.max_gain_db:g} dB (the source is too quiet: its noise floor would be raised as much)"))
     ceiling = target.ceiling_dbtp
+    if ceiling is not None and not settings.lossless:
+        ceiling -= LOSSY_CEILING_MARGIN_DB
     needs_limiter = ceiling is not None and math.isfinite(tp) and tp + gain_db > ceiling
     if needs_limiter and target.max_gain_reduction_db is not None:
         predicted = tp + gain_db - ceiling
@@ -513,8 +611,10 @@ def plan_rendition(
                         f"ceiling > {target.max_gain_reduction_db:g} dB accepted"))
     plan = base.model_copy(update={"gain_db": gain_db, "ceiling_dbtp": ceiling if needs_limiter else None})
     expected_duration_s = (loud.duration_s * src_rate - trim_start - trim_end) / src_rate
+    aim = None if target.target_lufs is None else target.target_lufs - codec_gain_db
     return RenditionPlan(plan=plan, delivered_lufs=delivered_lufs, delivered_true_peak_dbtp=tp,
-                         delivered_rms_dbfs=rms, expected_duration_s=expected_duration_s, problems=problems)
+                         delivered_rms_dbfs=rms, expected_duration_s=expected_duration_s,
+                         encoder_gain_db=codec_gain_db, aim_lufs=aim, problems=problems)
 
 
 def _distance(verification: VerificationReport, target: LoudnessTarget) -> float:
@@ -652,7 +752,7 @@ def render_rendition(
     src_rate = analysis.loudness.sample_rate_hz
     dual = _played_as_dual_mono(settings.channels, target)
     plan = planned.plan
-    aim = target.target_lufs
+    aim = planned.aim_lufs
     if plan.ceiling_dbtp is not None and aim is not None:
         plan = _compensate_limiter_loss(source, src_rate, plan, aim_lufs=aim, within_lu=target.tolerance_lu / 4,
                                         dual_mono=dual, max_gain_db=target.max_gain_db)
@@ -668,7 +768,7 @@ def render_rendition(
             path = _attempt_path(out, attempt)
             encoded = encode_blocks(process_blocks(stoppable(iter_blocks(source)), sample_rate_hz=src_rate,
                                                    plan=plan, stats_out=stats), path, settings=settings, tags=carried)
-            verification = verify_rendition(path, settings=settings, target=target,
+            verification = verify_rendition(path, settings=settings, target=target, name=out.name,
                                             expected_duration_s=planned.expected_duration_s, processing=stats[0])
             distance = _distance(verification, target)
             best = min(tried, key=lambda t: (t[0], t[1])) if tried else None

@@ -90,3 +90,13 @@ def test_tempo_of_a_click_track():
     content = analyze_blocks(blocks_of(audio), sample_rate_hz=rate, channels=1).content
     assert content.content_class == "music"
     assert content.tempo_bpm == pytest.approx(bpm, rel=0.04)
+
+
+def test_report_can_be_asked_twice():
+    from puresound_core.analysis import ContentAnalyzer
+
+    analyzer = ContentAnalyzer(sample_rate_hz=16000, channels=2)
+    for block in blocks_of(pink_noise(5, 16000, level_dbfs=-20), block_size=4000):
+        analyzer.process(block)
+    first = analyzer.report()
+    assert analyzer.report() == first
