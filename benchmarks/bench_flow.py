@@ -35,7 +35,7 @@ from puresound_core.presets import BUILTIN_PRESETS
 from puresound_core.render import render_rendition
 from puresound_core.storage import LocalStorage, sha256_file
 from puresound_core.validation import validate_file
-from tasks.audio import resolve_encoder
+from puresound_core.policy import resolve_encoder
 preset = BUILTIN_PRESETS["podcast"]
 out, state, sources = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 store = LineageStore(f"sqlite:///{state / 'lineage.sqlite'}")

@@ -6,30 +6,27 @@
 * ``puresound analyze PATHS... [--json]``: validation and analysis only, no Prefect.
 * ``puresound presets [NAME]``, ``puresound lineage PATH_OR_SHA256``.
 
-Without ``PREFECT_API_URL`` Prefect starts a temporary local server (SQLite); with it, runs
-go to that server and show in its UI.
+Without ``PREFECT_API_URL`` ``run`` starts a temporary local Prefect server (SQLite) that
+lives exactly as long as the command (:mod:`puresound.embedded`); with it, runs go to that
+server and show in its UI. Heavy imports (numpy, PyAV, Prefect...) happen inside the
+commands that need them, so ``--help``, ``presets`` and usage errors answer at once.
 """
 
 from __future__ import annotations
 
-import os
-
-# Offline-friendly, quiet defaults for the temporary server; an explicit setting wins.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-
-import json  # noqa: E402
+import contextlib
+import json
 import math
-from pathlib import Path  # noqa: E402
-from typing import Annotated  # noqa: E402
+import os
+from pathlib import Path
+from typing import Annotated
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import typer
+from rich.console import Console
+from rich.table import Table
 
-from puresound_core.analysis import analyze_file  # noqa: E402
-from puresound_core.errors import PureSoundError  # noqa: E402
-from puresound_core.validation import validate_file  # noqa: E402
+# Offline-friendly default for the temporary server; an explicit setting wins.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Pure Sound: loudness-compliant audio renditions, by preset.")
@@ -56,7 +53,11 @@ def _finite(value: float | None) -> float | None:
 
 
 def _analyze_one(path: Path) -> dict:
-    validation = validate_file(path)
+    from puresound_core.analysis import analyze_file
+    from puresound_core.errors import PureSoundError
+    from puresound_core.isolation import validate_isolated
+
+    validation = validate_isolated(path)  # a decoder crash or hang fails a rule instead of killing us
     row = {"path": str(path), "valid": validation.passed, "failed_rules": validation.failed_rules,
            "reasons": [r.message for r in validation.failures], "integrated_lufs": None,
            "true_peak_dbtp": None, "lra_lu": None, "sample_peak_dbfs": None, "content_class": None}
@@ -114,6 +115,29 @@ def _load_presets():
         raise typer.Exit(2) from err
 
 
+@contextlib.contextmanager
+def _prefect_api(settings):
+    """``PREFECT_API_URL`` when set, else a temporary server that lives exactly as long as this command."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from puresound.embedded import EmbeddedServerError, embedded_server
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    try:
+        server = embedded_server(startup_timeout_s=settings.server_startup_timeout_s)
+        url = server.__enter__()
+    except EmbeddedServerError as err:
+        console.print(f"[red]cannot start Prefect:[/red] {err}")
+        raise typer.Exit(1) from None
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield
+    finally:
+        server.__exit__(None, None, None)
+
+
 @app.command()
 def run(
     preset: Annotated[str, typer.Argument(help="Preset name (see `puresound presets`).")],
@@ -125,8 +149,6 @@ def run(
     """Run a preset's flow: validate, analyse, render, verify, store, record lineage."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    import flows.presets as preset_flows
-
     presets = _load_presets()
     if preset not in presets:
         console.print(f"[red]unknown preset {preset!r}[/red]; known: {', '.join(sorted(presets))}")
@@ -136,7 +158,11 @@ def run(
             raise typer.BadParameter(f"{path}: no such file or folder")
     settings = _settings()
     out_dir = output or str(settings.output_dir)
-    flow_fn = preset_flows.preset_flow(presets[preset], workers=workers or settings.workers)
+    # A quiet console for this command only: the flow still logs at INFO to the Prefect API
+    # (the UI's Logs tab), and nothing here is inherited by `serve` or workers.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    import flows.presets as preset_flows
+
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         bar = progress.add_task(preset, total=None)
@@ -145,12 +171,10 @@ def run(
             progress.update(bar, completed=done, total=total,
                             description=f"{preset}: {Path(outcome.path).name} {outcome.verdict}")
 
-        preset_flows.progress_listener = listener
-        try:
-            request = preset_flows.RunRequest(sources=paths, output_dir=out_dir)
+        flow_fn = preset_flows.preset_flow(presets[preset], workers=workers or settings.workers, on_progress=listener)
+        request = preset_flows.RunRequest(sources=paths, output_dir=out_dir)
+        with _prefect_api(settings):
             state = flow_fn(request=request, return_state=True)
-        finally:
-            preset_flows.progress_listener = None
     report = state.result(raise_on_failure=False)
     if not isinstance(report, preset_flows.BatchReport):
         console.print(f"[red]flow run failed:[/red] {state.message or report}")
@@ -163,7 +187,22 @@ def run(
     console.print(table)
     where = f"{out_dir.rstrip('/')}/{preset}" if out_dir.startswith("s3://") else Path(out_dir).resolve() / preset
     console.print(f"outputs and report.json under {where}")
+    console.print(f"report: {where}/report.html")
     raise typer.Exit(1 if report.counts["failed"] else 0)
+
+
+@app.command()
+def report(path: Annotated[Path, typer.Argument(help="An output folder (or one preset's folder in it).")]) -> None:
+    """Print where the HTML reports of an output folder are (one per preset: the latest run)."""
+    if not path.is_dir():
+        console.print(f"[red]{path}: no such folder[/red]")
+        raise typer.Exit(2)
+    found = sorted(p for p in [path / "report.html", *path.glob("*/report.html")] if p.is_file())
+    if not found:
+        console.print(f"no report.html under {path} (reports are written by `puresound run`)")
+        raise typer.Exit(1)
+    for page in found:
+        typer.echo(page.resolve().as_uri())
 
 
 @app.command()

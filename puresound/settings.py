@@ -25,6 +25,10 @@ class PureSoundSettings(BaseSettings):
     presets_dir : Path or None
         Folder of user YAML presets (``PURESOUND_PRESETS_DIR``).
     workers : int
+    follow_symlinks : bool
+        Read symbolic links inside input folders that lead outside them.
+    server_startup_timeout_s : float
+        How long ``puresound run`` waits for its temporary Prefect server.
         Files processed at once.
     s3_endpoint_url, s3_region : str or None
         S3 endpoint (``PURESOUND_S3_ENDPOINT_URL``) and region; credentials always come from
@@ -50,6 +54,11 @@ class PureSoundSettings(BaseSettings):
     database_url: str | None = Field(default=None, description="Lineage database URL (SQLAlchemy)")
     presets_dir: Path | None = Field(default=None, description="Folder of user YAML presets")
     workers: int = Field(default=2, ge=1, le=32, description="Files processed at once")
+    server_startup_timeout_s: float = Field(default=180.0, gt=0, le=3600,
+                                            description="Wait for the temporary Prefect server of `puresound run` "
+                                                        "(no PREFECT_API_URL) to start")
+    follow_symlinks: bool = Field(default=False, description="Read symbolic links in input folders that lead "
+                                                             "outside them (off: such links are rejected unread)")
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph...); AWS when unset")
     s3_region: str | None = Field(default=None, description="S3 region; the AWS chain's when unset")
     s3_sse: Literal["AES256", "aws:kms"] | None = Field(default=None, description="Server-side encryption of outputs")

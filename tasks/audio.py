@@ -17,14 +17,32 @@ from prefect.context import TaskRunContext
 import puresound_core
 from puresound.settings import PureSoundSettings
 from puresound_core.analysis import AnalysisReport, analyze_file
-from puresound_core.audio import FFMPEG_VERSION, ProbeResult
+from puresound_core.audio import FFMPEG_VERSION
+from puresound_core.isolation import validate_isolated
+from puresound_core.policy import rendition_plans, resolve_encoder
 from puresound_core.presets import Preset, Rendition
-from puresound_core.render import RenditionResult, VerificationCheck, decoded_sha256, render_rendition
+from puresound_core.render import RenditionPlan, RenditionResult, bit_exact_check, render_rendition
 from puresound_core.storage import sha256_file
-from puresound_core.validation import ValidationLimits, ValidationReport, validate_file
+from puresound_core.validation import ValidationLimits, ValidationReport
 
-#: Enters every cache key and lineage row: a new engine or FFmpeg re-renders.
-CODE_VERSION = f"puresound-core {puresound_core.__version__}; PyAV {av.__version__}; libavcodec {FFMPEG_VERSION}"
+
+def _engine_source_hash() -> str:
+    """First 12 hex digits of the SHA-256 of every ``.py`` file of ``puresound_core`` and ``tasks``.
+
+    Upgraded engine code changes it, so cached results of older code are never served,
+    even when nobody bumped ``__version__``.
+    """
+    digest = hashlib.sha256()
+    for package in (Path(puresound_core.__file__).parent, Path(__file__).parent):
+        for path in sorted(package.rglob("*.py")):
+            digest.update(path.relative_to(package.parent).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+#: Enters every cache key and lineage row: new engine code or a new FFmpeg re-renders.
+CODE_VERSION = (f"puresound-core {puresound_core.__version__} ({_engine_source_hash()}); PyAV {av.__version__}; "
+                f"libavcodec {FFMPEG_VERSION}")
 
 
 def _digest(*parts: str) -> str:
@@ -32,7 +50,8 @@ def _digest(*parts: str) -> str:
 
 
 def _validate_key(_: TaskRunContext, p: dict) -> str:
-    return _digest("validate", p["sha256"], p["limits"].model_dump_json(), CODE_VERSION)
+    # The report's messages name the file: the same content under another name is its own entry.
+    return _digest("validate", p["sha256"], Path(p["path"]).name, p["limits"].model_dump_json(), CODE_VERSION)
 
 
 def _analyze_key(_: TaskRunContext, p: dict) -> str:
@@ -87,7 +106,11 @@ def fingerprint(path: str) -> str:
 
 @task(name="validate", cache_key_fn=_validate_key, persist_result=True)
 def validate(path: str, sha256: str, limits: ValidationLimits) -> ValidationReport:
-    """Every validation rule of the preset on one file (:func:`puresound_core.validation.validate_file`).
+    """Every validation rule of the preset on one file, in an isolated child process.
+
+    Untrusted media is probed and decoded by :func:`puresound_core.isolation.validate_isolated`:
+    a decoder that crashes, hangs or runs out of memory fails rule ``decodable`` /
+    ``decode_timeout`` for this file, and the batch goes on.
 
     Parameters
     ----------
@@ -101,7 +124,7 @@ def validate(path: str, sha256: str, limits: ValidationLimits) -> ValidationRepo
     ValidationReport
         Never raises for bad input.
     """
-    return validate_file(path, limits)
+    return validate_isolated(path, limits)
 
 
 @task(name="analyze", cache_key_fn=_analyze_key, persist_result=True)
@@ -126,28 +149,33 @@ def analyze(path: str, sha256: str) -> AnalysisReport:
     return analyze_file(path)
 
 
-def resolve_encoder(rendition: Rendition, probe: ProbeResult):
-    """The rendition's encoder settings, with the source's format where ``source_format`` asks.
+def _plan_key(_: TaskRunContext, p: dict) -> str:
+    return _digest("plan", p["sha256"], p["preset"].name, p["preset"].version, p["preset"].fingerprint, CODE_VERSION)
+
+
+@task(name="plan-renditions", cache_key_fn=_plan_key, persist_result=True)
+def plan(path: str, sha256: str, preset: Preset, analysis: AnalysisReport) -> list[RenditionPlan]:
+    """Plan every rendition of the preset (:func:`puresound_core.policy.rendition_plans`).
 
     Parameters
     ----------
-    rendition : Rendition
-    probe : ProbeResult
+    path : str
+    sha256 : str
+        Content hash; with the preset and the code version, the cache key.
+    preset : Preset
+    analysis : AnalysisReport
 
     Returns
     -------
-    EncoderSettings
+    list of RenditionPlan
+        Their ``problems`` are verdicts known before rendering.
     """
-    if not rendition.source_format:
-        return rendition.encoder
-    depth = 16 if (probe.bit_depth or 24) <= 16 else 24
-    return rendition.encoder.model_copy(update={
-        "sample_rate_hz": probe.sample_rate_hz, "channels": probe.channels, "bit_depth": depth})
+    return rendition_plans(preset, path, analysis)
 
 
 @task(name="render-rendition", cache_key_fn=_render_key, persist_result=True)
 def render(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
-           work_dir: str) -> RenditionResult:
+           work_dir: str, planned: RenditionPlan | None = None) -> RenditionResult:
     """Render, encode and verify one rendition into the work area (:func:`render_rendition`).
 
     A cached result points at its file in the work area; :func:`render_cached` renders again
@@ -168,6 +196,8 @@ def render(path: str, sha256: str, preset: Preset, rendition: Rendition, analysi
     analysis : AnalysisReport
     work_dir : str
         Work area; the file goes to :func:`rendition_work_path`.
+    planned : RenditionPlan, optional
+        From :func:`plan` (not part of the cache key: it is a function of the others).
 
     Returns
     -------
@@ -183,22 +213,17 @@ def render(path: str, sha256: str, preset: Preset, rendition: Rendition, analysi
     result = render_rendition(
         path, out, settings=resolve_encoder(rendition, analysis.probe), target=preset.loudness, analysis=analysis,
         highpass_hz=preset.processing.highpass_hz, trim_silence=preset.processing.trim_silence,
-        trim_keep_s=preset.processing.trim_keep_s)
+        trim_keep_s=preset.processing.trim_keep_s, downmix=preset.processing.downmix, planned=planned)
     if preset.lossless_archive:
-        source_hash, output_hash = decoded_sha256(path), decoded_sha256(out)
-        exact = source_hash == output_hash
-        check = VerificationCheck(
-            check="bit_exact", passed=exact, measured=output_hash[:16], expected=source_hash[:16],
-            message=f"{out.name}: decoded samples {'match' if exact else 'differ from'} the source "
-                    f"(sha256 {output_hash[:12]} vs {source_hash[:12]})")
+        check = bit_exact_check(path, out)
         verification = result.verification.model_copy(update={
-            "checks": [*result.verification.checks, check], "passed": result.verification.passed and exact})
+            "checks": [*result.verification.checks, check], "passed": result.verification.passed and check.passed})
         result = result.model_copy(update={"verification": verification})
     return result
 
 
 def render_cached(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
-                  work_dir: str) -> RenditionResult:
+                  work_dir: str, planned: RenditionPlan | None = None) -> RenditionResult:
     """:func:`render`, refreshing the cache when the cached result's file no longer exists.
 
     With ``PURESOUND_ENCODE_CONCURRENCY_LIMIT`` naming a Prefect global concurrency limit, every
@@ -211,13 +236,13 @@ def render_cached(path: str, sha256: str, preset: Preset, rendition: Rendition, 
         from prefect.concurrency.sync import concurrency
 
         with concurrency(limit, occupy=1):
-            return _render_or_refresh(path, sha256, preset, rendition, analysis, work_dir)
-    return _render_or_refresh(path, sha256, preset, rendition, analysis, work_dir)
+            return _render_or_refresh(path, sha256, preset, rendition, analysis, work_dir, planned)
+    return _render_or_refresh(path, sha256, preset, rendition, analysis, work_dir, planned)
 
 
 def _render_or_refresh(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
-                       work_dir: str) -> RenditionResult:
-    result = render(path, sha256, preset, rendition, analysis, work_dir)
+                       work_dir: str, planned: RenditionPlan | None) -> RenditionResult:
+    result = render(path, sha256, preset, rendition, analysis, work_dir, planned)
     if not Path(result.path).exists():
-        result = render.with_options(refresh_cache=True)(path, sha256, preset, rendition, analysis, work_dir)
+        result = render.with_options(refresh_cache=True)(path, sha256, preset, rendition, analysis, work_dir, planned)
     return result

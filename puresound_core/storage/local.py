@@ -7,6 +7,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import StorageError
 from .base import StoredObject, check_key, sha256_file
@@ -111,8 +112,110 @@ class LocalStorage:
 NON_AUDIO_SUFFIXES = frozenset({".md", ".txt", ".tsv", ".json", ".yaml", ".yml", ".part"})
 
 
+class LocalSource(NamedTuple):
+    """One entry of an input folder.
+
+    Attributes
+    ----------
+    path : str
+        As the OS names it (undecodable bytes as surrogate escapes, :func:`os.fsdecode`).
+    problem : str or None
+        Why the entry is refused without being read (a symbolic link leading out of its
+        input folder); ``None`` for a regular source.
+    """
+
+    path: str
+    problem: str | None = None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def scan_local_sources(
+    paths: list[str | os.PathLike],
+    *,
+    exclude: list[str | os.PathLike] = (),
+    follow_symlinks: bool = False,
+) -> tuple[list[LocalSource], list[str]]:
+    """Sources from files named directly and every non-hidden file under named folders.
+
+    Parameters
+    ----------
+    paths : list of str or path-like
+    exclude : list of str or path-like
+        Folders whose contents are never sources (the output folder and the work area):
+        a run's own renditions never become the next run's inputs.
+    follow_symlinks : bool
+        Read symbolic links found inside input folders wherever they lead. By default a
+        link whose target lies outside its input folder is listed with a ``problem`` and
+        never opened (a link to ``/etc/shadow`` is not read as audio); links to files
+        inside the folder are read; linked folders are not descended.
+
+    Returns
+    -------
+    sources : list of LocalSource
+        Sorted by path within each input, deduplicated.
+    excluded : list of str
+        Files skipped because they are inside an ``exclude`` folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a path does not exist.
+    """
+    excluded_roots = [Path(e).resolve() for e in exclude]
+    found: dict[str, LocalSource] = {}
+    skipped: list[str] = []
+    for raw in paths:
+        root = Path(raw)
+        if root.is_dir():
+            real_root = root.resolve()
+            entries: list[Path] = []
+            visited: set[Path] = set()
+            for folder, dirs, files in os.walk(root, followlinks=follow_symlinks):
+                real = Path(folder).resolve()
+                if real in visited:  # a link cycle (only when following links)
+                    dirs[:] = []
+                    continue
+                visited.add(real)
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for d in dirs:
+                    if (Path(folder) / d).is_symlink() and not follow_symlinks:
+                        entries.append(Path(folder) / d)
+                entries.extend(Path(folder) / f for f in files if not f.startswith("."))
+            for entry in sorted(entries):
+                if entry.suffix.lower() in NON_AUDIO_SUFFIXES:
+                    continue
+                if any(_inside(entry.resolve() if not entry.is_symlink() else entry.absolute(), ex)
+                       for ex in excluded_roots):
+                    skipped.append(str(entry))
+                    continue
+                problem = None
+                if entry.is_symlink() and not follow_symlinks:
+                    target = entry.resolve()
+                    if entry.is_dir():
+                        problem = "is a symbolic link to a folder: not followed"
+                    elif not _inside(target, real_root):
+                        problem = ("is a symbolic link leading outside its input folder: not followed "
+                                   "(PURESOUND_FOLLOW_SYMLINKS=true reads such links)")
+                    elif not target.is_file():
+                        problem = "is a symbolic link to nothing readable"
+                elif not entry.is_file():
+                    continue
+                found.setdefault(str(entry), LocalSource(str(entry), problem))
+        elif root.is_file():
+            if any(_inside(root.resolve(), ex) for ex in excluded_roots):
+                skipped.append(str(root))
+                continue
+            found.setdefault(str(root), LocalSource(str(root)))
+        else:
+            raise FileNotFoundError(f"{os.fsencode(raw).decode('utf-8', 'replace')}: no such file or folder")
+    return list(found.values()), skipped
+
+
 def list_local_files(paths: list[str | os.PathLike]) -> list[str]:
-    """Files named directly plus every non-hidden file under named folders: sorted, deduplicated.
+    """Readable sources among files and folders (see :func:`scan_local_sources`), as paths.
 
     Parameters
     ----------
@@ -121,23 +224,14 @@ def list_local_files(paths: list[str | os.PathLike]) -> list[str]:
     Returns
     -------
     list of str
-        Folder contents skip hidden entries and :data:`NON_AUDIO_SUFFIXES`; a file named
-        directly is always kept (validation then says what is wrong with it).
+        Folder contents skip hidden entries, :data:`NON_AUDIO_SUFFIXES` and symbolic links
+        leading outside their folder; a file named directly is always kept (validation then
+        says what is wrong with it).
 
     Raises
     ------
     FileNotFoundError
         If a path does not exist.
     """
-    found: list[str] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(str(p) for p in sorted(path.rglob("*")) if p.is_file()
-                         and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                         and p.suffix.lower() not in NON_AUDIO_SUFFIXES)
-        elif path.is_file():
-            found.append(str(path))
-        else:
-            raise FileNotFoundError(f"{raw}: no such file or folder")
-    return list(dict.fromkeys(found))
+    sources, _ = scan_local_sources(paths)
+    return [s.path for s in sources if s.problem is None]

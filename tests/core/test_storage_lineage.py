@@ -58,3 +58,30 @@ def test_schema_is_versioned_and_migration_is_repeatable(tmp_path):
     with store.engine.connect() as connection:
         versions = [row[0] for row in connection.execute(text("SELECT version FROM schema_version"))]
     assert versions == [1] and store.schema_version == 1
+
+
+def test_input_scan_refuses_links_out_skips_outputs_and_keeps_any_name(tmp_path):
+    import os
+
+    from puresound_core.storage.local import list_local_files, scan_local_sources
+
+    root = tmp_path / "in"
+    (root / "published").mkdir(parents=True)
+    (root / "a.wav").write_bytes(b"a")
+    (root / "published" / "a-1234.mp3").write_bytes(b"r")
+    raw = os.fsdecode(b"caf\xe9.wav")
+    (root / raw).write_bytes(b"c")
+    outside = tmp_path / "secret.wav"
+    outside.write_bytes(b"s")
+    os.symlink(outside, root / "out.wav")
+    os.symlink(root / "a.wav", root / "in.wav")
+    os.symlink(tmp_path, root / "loop")
+    sources, excluded = scan_local_sources([root], exclude=[root / "published"])
+    by_name = {os.path.basename(s.path): s.problem for s in sources}
+    assert by_name["a.wav"] is None and by_name[raw] is None and by_name["in.wav"] is None
+    assert "outside its input folder" in by_name["out.wav"]
+    assert "link to a folder" in by_name["loop"]
+    assert excluded == [str(root / "published" / "a-1234.mp3")]
+    assert str(root / "out.wav") not in list_local_files([root])
+    followed, _ = scan_local_sources([root], follow_symlinks=True)
+    assert {os.path.basename(s.path): s.problem for s in followed}["out.wav"] is None

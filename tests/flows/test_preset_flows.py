@@ -44,13 +44,19 @@ def test_podcast_over_the_corpus_publishes_compliant_renditions(puresound_env, c
     assert batch["counts"]["published"] == len(batch["sources"]) >= 15
     published = [r for s in batch["sources"] for r in s["renditions"]]
     assert len(published) == 2 * len(batch["sources"])
-    for rendition in published:
-        path = Path(rendition["uri"].removeprefix("file://"))
-        audio, rate = decode(path)
-        lufs = pyloudnorm.Meter(rate, filter_class="DeMan").integrated_loudness(audio.T.astype(np.float64))
-        assert abs(lufs + 16.0) <= 1.0, (path, lufs)
-        assert rendition["true_peak_dbtp"] <= -1.0, path
-        assert _independent_true_peak_dbtp(audio) <= -0.9, path
+    for source in batch["sources"]:
+        as_played = {}
+        for rendition in source["renditions"]:
+            path = Path(rendition["uri"].removeprefix("file://"))
+            audio, rate = decode(path)
+            # Measured as heard on two loudspeakers: a mono file is dual-mono.
+            stereo = np.repeat(audio, 2, axis=0) if audio.shape[0] == 1 else audio
+            lufs = pyloudnorm.Meter(rate, filter_class="DeMan").integrated_loudness(stereo.T.astype(np.float64))
+            assert abs(lufs + 16.0) <= 1.0, (path, lufs)
+            assert rendition["true_peak_dbtp"] <= -1.0, path
+            assert _independent_true_peak_dbtp(audio) <= -0.9, path
+            as_played[rendition["name"]] = lufs
+        assert abs(as_played["mp3-128k"] - as_played["opus-48k-mono"]) <= 0.5, (source["path"], as_played)
 
 
 def test_bad_corpus_every_file_has_a_verdict_and_nothing_rejected_is_published(puresound_env, corpus):
@@ -66,12 +72,21 @@ def test_bad_corpus_every_file_has_a_verdict_and_nothing_rejected_is_published(p
             assert source["failed_rules"] and name in source["reason"]
             folder = next((out / "podcast").glob(f"{Path(name).stem}-*"))
             assert [p.name for p in folder.iterdir()] == ["report.json"]
-    assert by_name["truncated_half.wav"]["failed_rules"] == ["declared_duration"]
+    assert set(by_name["truncated_half.wav"]["failed_rules"]) == {"declared_duration", "decode_errors"}
 
 
-def _task_run_states(flow_run_id: str) -> dict[str, list[str]]:
+def _task_run_states(flow_run_id: str, timeout_s: float = 30.0) -> dict[str, list[str]]:
+    """Task run name prefix -> state names, once every task run's state has reached the server.
+
+    Task run states arrive through events, asynchronously: poll until none is missing.
+    """
+    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if all(run.state is not None for run in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     states: dict[str, list[str]] = {}
     for run in runs:
         states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
@@ -89,24 +104,27 @@ def test_second_run_does_no_audio_work_and_writes_nothing_new(puresound_env):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")} == first
 
 
-def test_rendition_failing_verification_fails_the_run_and_names_the_file(puresound_env):
-    # A float source cannot be archived bit-exactly in 24-bit FLAC: verification must say so.
+def test_rendition_failing_verification_fails_the_run_and_names_the_file(puresound_env, monkeypatch):
+    # A noise floor under -100 dBFS cannot be met by noise: verification fails after rendering.
+    presets = puresound_env / "presets"
+    presets.mkdir()
+    (presets / "strict.yaml").write_text(
+        "name: strict\nversion: '1'\n"
+        "loudness: {target_lufs: -16, tolerance_lu: 1, ceiling_dbtp: -1, noise_floor_max_dbfs: -100}\n"
+        "renditions:\n  - name: mp3\n    encoder: {codec: mp3, bitrate_kbps: 128, sample_rate_hz: 44100}\n")
+    monkeypatch.setenv("PURESOUND_PRESETS_DIR", str(presets))
     src = puresound_env / "in"
     src.mkdir()
-    write_wav(src / "float_master.wav", pink_noise(4, 48000, level_dbfs=-20), 48000, subtype="FLOAT")
-    write_wav(src / "pcm_master.wav", pink_noise(4, 48000, level_dbfs=-20, seed=2), 48000, subtype="PCM_24")
+    write_wav(src / "hiss.wav", pink_noise(4, 44100, level_dbfs=-20), 44100)
     out = puresound_env / "out"
-    result = _run("archive-flac", str(src), "--output", str(out))
+    result = _run("strict", str(src), "--output", str(out))
     assert result.exit_code == 1
-    batch = _batch(out, "archive-flac")
-    by_name = {Path(s["path"]).name: s for s in batch["sources"]}
-    assert by_name["pcm_master.wav"]["verdict"] == "published"
-    assert by_name["float_master.wav"]["verdict"] == "failed"
-    assert "decoded samples differ from the source" in by_name["float_master.wav"]["reason"]
-    assert not list((out / "archive-flac").glob("float_master-*/*.flac"))
+    source = _batch(out, "strict")["sources"][0]
+    assert source["verdict"] == "failed" and "noise floor" in source["reason"] and "hiss" in source["reason"]
+    assert not list((out / "strict").glob("hiss-*/*.mp3"))
     with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(batch["flow_run_id"])
-    assert flow_run.state.is_failed() and "float_master.wav" in flow_run.state.message
+        flow_run = client.read_flow_run(_batch(out, "strict")["flow_run_id"])
+    assert flow_run.state.is_failed() and "hiss.wav" in flow_run.state.message
 
 
 def test_lineage_from_rendition_back_to_source_and_forward(puresound_env):
@@ -145,3 +163,40 @@ def _wait_for_materialization(asset_uri: str, timeout_s: float = 30.0):
 def test_unknown_preset_and_missing_path_are_usage_errors(puresound_env):
     assert runner.invoke(app, ["run", "nope", str(EXAMPLES)]).exit_code == 2
     assert runner.invoke(app, ["run", "podcast", "/no/such/dir"]).exit_code == 2
+
+
+def test_a_run_can_be_followed_logs_artifacts_and_report_html(puresound_env, corpus):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+
+    src = puresound_env / "in"
+    src.mkdir()
+    (src / "tuxi.ogg").write_bytes((EXAMPLES / "tuxtype__tuxi.ogg").read_bytes())
+    (src / "cut.wav").write_bytes((corpus / "bad" / "truncated_half.wav").read_bytes())
+    out = puresound_env / "out"
+    result = _run("podcast", str(src), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    batch = _batch(out, "podcast")
+    page = (out / "podcast" / "report.html").read_text()
+    assert page.count("<svg") == 1  # the published file's plot; the cut one was rejected before analysis
+    assert "WAV data chunk declares" in page  # the reason with its measured values
+    listed = runner.invoke(app, ["report", str(out)])
+    assert listed.exit_code == 0 and (out / "podcast" / "report.html").resolve().as_uri() in listed.output
+    flow_run_id = batch["flow_run_id"]
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:  # logs reach the API asynchronously
+            logs = [log.message for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)]
+            if any("cut.wav: rejected" in m for m in logs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        task_names = {run.name for run in client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))}
+    assert any(m.startswith("tuxi.ogg: published") and "LUFS" in m for m in logs), logs
+    assert any(m.startswith("cut.wav: rejected") and "WAV data chunk declares" in m for m in logs), logs
+    assert {"podcast-summary", "podcast-report", "podcast-lineage"} <= {a.key for a in artifacts}
+    lineage = next(a for a in artifacts if a.key == "podcast-lineage").data
+    assert "mp3-128k" in lineage and batch["sources"][1]["renditions"][0]["sha256"][:16] in lineage
+    assert {"process tuxi.ogg", "process cut.wav"} <= task_names

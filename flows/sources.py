@@ -1,0 +1,77 @@
+"""Listing a batch's inputs: local files and folders, S3 prefixes; the nightly skip of known sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flows.models import SourceRef
+from puresound_core.lineage import LineageStore
+from puresound_core.presets import Preset
+from puresound_core.storage import sha256_file
+from puresound_core.storage.local import NON_AUDIO_SUFFIXES, scan_local_sources
+
+
+def list_sources(locations: list[str], *, exclude: list[str] = (),
+                 follow_symlinks: bool = False) -> tuple[list[SourceRef], list[str]]:
+    """Inputs from local files / folders and ``s3://bucket/prefix`` locations.
+
+    Parameters
+    ----------
+    locations : list of str
+    exclude : list of str
+        Local folders whose contents are never inputs (the output folder, the work area).
+    follow_symlinks : bool
+        See :func:`puresound_core.storage.local.scan_local_sources`.
+
+    Returns
+    -------
+    sources : list of SourceRef
+        S3 keys that fail :func:`untrusted_key_problem` and local links leading out of their
+        folder are listed with their ``problem`` (rejected unread).
+    excluded : list of str
+        Local files left out because they are inside an ``exclude`` folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        For a local path that does not exist.
+    StorageError
+        When an S3 listing fails after retries.
+    """
+    from puresound.settings import s3_client
+    from puresound_core.storage.base import untrusted_key_problem
+    from puresound_core.storage.s3 import S3Storage, parse_s3_uri
+
+    refs: list[SourceRef] = []
+    local = [loc for loc in locations if not loc.startswith("s3://")]
+    found, excluded = scan_local_sources(local, exclude=list(exclude), follow_symlinks=follow_symlinks)
+    refs.extend(SourceRef.local(entry.path, problem=entry.problem) for entry in found)
+    for loc in (loc for loc in locations if loc.startswith("s3://")):
+        bucket, prefix = parse_s3_uri(loc)
+        storage = S3Storage(f"s3://{bucket}", client=s3_client())
+        for obj in storage.list_objects(prefix):
+            if obj.key.endswith("/") or Path(obj.key).suffix.lower() in NON_AUDIO_SUFFIXES:
+                continue
+            refs.append(SourceRef(uri=obj.uri, size_bytes=obj.size_bytes, etag=obj.etag,
+                                  problem=untrusted_key_problem(obj.key)))
+    return list({r.uri: r for r in refs}.values()), excluded
+
+
+def already_published(lineage: LineageStore, ref: SourceRef, preset: Preset) -> bool:
+    """Known source at this URI with this ETag / size+mtime (or, locally, this content) and published.
+
+    Parameters
+    ----------
+    lineage : LineageStore
+    ref : SourceRef
+    preset : Preset
+
+    Returns
+    -------
+    bool
+    """
+    sha256 = lineage.known_location(uri=ref.uri, etag=ref.etag)
+    if sha256 is None and ref.local_path is not None and ref.problem is None:
+        sha256 = sha256_file(ref.local_path)  # in doubt: local bytes are cheap to hash, no download involved
+    return sha256 is not None and lineage.published(sha256=sha256, preset_name=preset.name,
+                                                    preset_version=preset.version)

@@ -1,0 +1,127 @@
+"""Inputs that should never meet outputs, names of any bytes, verdicts before rendering, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from puresound.cli import app
+from tests.conftest import pink_noise, sine, write_wav
+
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(app, ["run", *args], catch_exceptions=False)
+
+
+def _batch(out: Path, preset: str) -> dict:
+    return json.loads((out / preset / "report.json").read_text())
+
+
+def test_links_out_of_the_input_folder_are_rejected_unread(puresound_env):
+    src = puresound_env / "in"
+    src.mkdir()
+    write_wav(src / "episode.wav", pink_noise(3, 44100, level_dbfs=-24), 44100)
+    secret = puresound_env / "secret.wav"
+    write_wav(secret, pink_noise(3, 44100, level_dbfs=-24, seed=5), 44100)
+    os.symlink(secret, src / "link-out.wav")
+    os.symlink(src / "episode.wav", src / "link-in.wav")
+    out = puresound_env / "out"
+    assert _run("voice", str(src), "--output", str(out)).exit_code == 0
+    by_name = {Path(s["path"]).name: s for s in _batch(out, "voice")["sources"]}
+    assert by_name["link-out.wav"]["verdict"] == "rejected"
+    assert by_name["link-out.wav"]["failed_rules"] == ["symlink"]
+    assert by_name["link-out.wav"]["sha256"] is None  # never read
+    assert "outside its input folder" in by_name["link-out.wav"]["reason"]
+    assert by_name["episode.wav"]["verdict"] == by_name["link-in.wav"]["verdict"] == "published"
+
+
+def test_an_output_folder_inside_the_input_never_feeds_the_next_run(puresound_env):
+    src = puresound_env / "in"
+    src.mkdir()
+    write_wav(src / "episode.wav", pink_noise(3, 44100, level_dbfs=-24), 44100)
+    out = src / "published"
+    for _ in range(2):
+        assert _run("podcast", str(src), "--output", str(out)).exit_code == 0
+        batch = _batch(out, "podcast")
+        assert [Path(s["path"]).name for s in batch["sources"]] == ["episode.wav"]
+    assert batch["counts"]["published"] == 1
+    assert len(list(out.rglob("*.mp3"))) == len(list(out.rglob("*.opus"))) == 1
+
+
+def test_a_file_name_that_is_not_utf8_is_processed_and_named(puresound_env):
+    src = puresound_env / "in"
+    src.mkdir()
+    raw = os.fsdecode(b"caf\xe9-news.wav")  # Latin-1 bytes, invalid as UTF-8
+    write_wav(src / "tmp.wav", pink_noise(3, 44100, level_dbfs=-24), 44100)
+    os.rename(os.fsencode(src / "tmp.wav"), os.fsencode(src) + b"/caf\xe9-news.wav")
+    write_wav(src / "plain.wav", pink_noise(3, 44100, level_dbfs=-24, seed=9), 44100)
+    out = puresound_env / "out"
+    assert _run("voice", str(src), "--output", str(out)).exit_code == 0
+    batch = _batch(out, "voice")
+    assert batch["counts"]["published"] == 2
+    names = sorted(Path(s["path"]).name for s in batch["sources"])
+    assert names == ["caf\\xe9-news.wav", "plain.wav"]
+    assert os.listdir(src) and (src / raw).is_file()  # the source is untouched
+
+
+def test_what_cannot_pass_is_rejected_before_rendering(puresound_env):
+    src = puresound_env / "in"
+    src.mkdir()
+    write_wav(src / "float_master.wav", pink_noise(4, 48000, level_dbfs=-20), 48000, subtype="FLOAT")
+    write_wav(src / "pcm_master.wav", pink_noise(4, 48000, level_dbfs=-20, seed=2), 48000, subtype="PCM_24")
+    out = puresound_env / "out"
+    assert _run("archive-flac", str(src), "--output", str(out)).exit_code == 0
+    by_name = {Path(s["path"]).name: s for s in _batch(out, "archive-flac")["sources"]}
+    assert by_name["pcm_master.wav"]["verdict"] == "published"
+    assert by_name["float_master.wav"]["verdict"] == "rejected"
+    assert by_name["float_master.wav"]["failed_rules"] == ["lossless_source"]
+    assert "pcm_f32le" in by_name["float_master.wav"]["reason"]
+    assert not list((puresound_env / "state").rglob("float_master*.flac"))  # nothing was rendered
+
+    quiet = puresound_env / "quiet"
+    quiet.mkdir()
+    write_wav(quiet / "tone-85dbfs.wav", sine(-85, 10, 48000), 48000, subtype="PCM_24")
+    assert _run("podcast", str(quiet), "--output", str(out)).exit_code == 0
+    source = _batch(out, "podcast")["sources"][0]
+    assert source["verdict"] == "rejected" and source["failed_rules"] == ["loudness_measurable"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_run_cleanly(puresound_env, prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
+    src = puresound_env / "in"
+    src.mkdir()
+    write_wav(src / "long.wav", pink_noise(600, 44100, level_dbfs=-24), 44100)  # 10 min: minutes to render
+    out = puresound_env / "out"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "PURESOUND_STATE_DIR": str(puresound_env / "state")}
+    proc = subprocess.Popen([sys.executable, "-m", "puresound.cli", "run", "podcast", str(src), "--output", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    renders = puresound_env / "state" / "renders"
+    deadline = time.monotonic() + 240
+    while not list(renders.rglob("*.attempt*")) and time.monotonic() < deadline:  # wait for an encode to start
+        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+        time.sleep(0.2)
+    assert list(renders.rglob("*.attempt*")), "no render started within 240 s"
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0].decode(errors="replace")
+    assert proc.returncode == 1, output
+    assert not [p for p in renders.rglob("*") if p.is_file()], "partial renders left in the work area"
+    batch = _batch(out, "podcast")
+    assert batch["stopped"] and batch["sources"][0]["verdict"] == "failed"
+    assert "SIGTERM" in batch["sources"][0]["reason"]
+    with sqlite3.connect(puresound_env / "state" / "lineage.sqlite") as db:
+        statuses = [row[0] for row in db.execute("select status from runs")]
+    assert statuses == ["cancelled"]
