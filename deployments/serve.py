@@ -11,6 +11,8 @@ Per preset ``P``:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import serve
 from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
@@ -36,7 +38,11 @@ def build_deployments(presets: dict[str, Preset], settings: PureSoundSettings) -
     -------
     list of prefect.deployments.runner.RunnerDeployment
     """
-    output = str(settings.output_dir)
+    # Defaults valid where the deployments run: absolute, from this process's settings.
+    output = str(settings.output_dir.resolve())
+    root = settings.nightly_source_root
+    if not root.startswith("s3://"):
+        root = str(Path(root).resolve())
     deployments = []
     for preset in presets.values():
         flow_fn = preset_flow(preset, workers=settings.workers)
@@ -44,17 +50,18 @@ def build_deployments(presets: dict[str, Preset], settings: PureSoundSettings) -
         tags = ["puresound", f"preset:{preset.name}"]
         deployments.append(ingest.to_deployment(
             name=NIGHTLY, entrypoint_type=EntrypointType.MODULE_PATH, tags=[*tags, NIGHTLY],
-            description=f"Nightly ingestion of new sources for {preset.name} v{preset.version}",
+            description=f"Nightly ingestion of new sources for {preset.name} v{preset.version}: {preset.summary()}",
             schedules=[Cron(settings.nightly_cron, timezone=settings.timezone)],
-            parameters={"source": f"{settings.nightly_source_root.rstrip('/')}/{preset.name}", "output_dir": output}))
+            parameters={"source": f"{root.rstrip('/')}/{preset.name}", "output_dir": output}))
         deployments.append(flow_fn.to_deployment(
             name=ON_UPLOAD, entrypoint_type=EntrypointType.MODULE_PATH, tags=[*tags, ON_UPLOAD],
-            description=f"{preset.name}: one uploaded object, started by the S3 bridge",
+            description=f"{preset.name}: one uploaded object, started by the S3 bridge. {preset.summary()}",
             parameters={"request": RunRequest(sources=["s3://bucket/key"], output_dir=output).model_dump()}))
         deployments.append(flow_fn.to_deployment(
             name=MANUAL, entrypoint_type=EntrypointType.MODULE_PATH, tags=[*tags, MANUAL],
-            description=f"{preset.name}: run on chosen files, folders or S3 prefixes from the UI",
-            parameters={"request": RunRequest(sources=[settings.nightly_source_root], output_dir=output).model_dump()}))
+            description=f"{preset.name}: run on chosen files, folders or S3 prefixes from the UI. {preset.summary()}",
+            parameters={"request": RunRequest(sources=[f"{root.rstrip('/')}/{preset.name}"],
+                                              output_dir=output).model_dump()}))
     return deployments
 
 

@@ -142,11 +142,16 @@ class SourceRef(BaseModel):
 
 
 class RunRequest(BaseModel):
-    """What to process: the sources and where the renditions go."""
+    """What to process and where the renditions go."""
 
-    sources: list[str] = Field(min_length=1, description="Files, folders or s3://bucket/prefix locations")
-    output_dir: str | None = Field(default=None, description="Local folder or s3://bucket/prefix; "
-                                                             "default PURESOUND_OUTPUT_DIR")
+    sources: list[str] = Field(
+        min_length=1, title="Sources",
+        description="Audio files or folders on the machine that runs the flow (absolute paths; folders are "
+                    "searched recursively), or s3://bucket/prefix locations. Every file gets a verdict.")
+    output_dir: str | None = Field(
+        default=None, title="Output",
+        description="Absolute folder or s3://bucket/prefix for the renditions, report.json and report.html; "
+                    "empty: the worker's PURESOUND_OUTPUT_DIR")
 
 
 def _fmt(value: float | None) -> str:

@@ -10,6 +10,7 @@ files removed), the batch report is written and the lineage run row is closed.
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from puresound.report_html import render_report_html
 from puresound.settings import PureSoundSettings, open_storage
 from puresound_core.audio import FFMPEG_VERSION
 from puresound_core.cancel import Cancelled, clear_stop, request_stop, stop_requested
+from puresound_core.errors import PureSoundError
 from puresound_core.lineage import LineageStore
 from puresound_core.presets import Preset
 
@@ -95,7 +97,11 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
     database_url = settings.lineage_url
     lineage = LineageStore(database_url)
     exclude = [work_dir] + ([output] if not output.startswith("s3://") else [])
-    refs, excluded = list_sources(sources, exclude=exclude, follow_symlinks=settings.follow_symlinks)
+    try:
+        refs, excluded = list_sources(sources, exclude=exclude, follow_symlinks=settings.follow_symlinks)
+    except (FileNotFoundError, PermissionError, PureSoundError) as err:
+        logger.error("cannot list the sources: %s", err)  # one line, no traceback: the input is wrong
+        return Failed(message=f"cannot list the sources: {err}")
     if excluded:
         logger.info("%d files inside the output folder or work area were not taken as sources", len(excluded))
     skipped: list[SourceRef] = []
@@ -172,6 +178,30 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
                              f"{counts['skipped']} skipped", data=report)
 
 
+#: Names Prefect generates for runs nobody named (``generate_slug(2)``: "witty-okapi").
+_GENERATED_NAME = re.compile(r"^[a-z]+-[a-z]+$")
+
+
+def _run_namer(preset: Preset, first_source):
+    """``flow_run_name`` callable: a name typed in the UI is kept; otherwise preset, first source and date."""
+    def name() -> str:
+        current = flow_run.name
+        if current and not _GENERATED_NAME.match(current):
+            return current
+        try:
+            source = first_source(flow_run.parameters)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            source = "?"
+        label = source.rstrip("/").rsplit("/", 1)[-1] or source
+        return f"{preset.name} {label} {datetime.now(UTC):%Y-%m-%d %H:%M}"
+    return name
+
+
+def _first_request_source(parameters: dict) -> str:
+    request = parameters["request"]
+    return (request.sources if isinstance(request, RunRequest) else request["sources"])[0]
+
+
 def _importable_as(fn, name: str) -> None:
     """Make a flow function importable as ``flows.dynamic.<name>`` (what deployments record)."""
     fn.__module__, fn.__name__, fn.__qualname__ = "flows.dynamic", name, name
@@ -196,9 +226,9 @@ def preset_flow(preset: Preset, *, workers: int = 2, on_progress: ProgressCallba
     def body(request: RunRequest):
         return run_batch(preset, request.sources, request.output_dir, on_progress=on_progress)
 
-    body.__doc__ = f"{preset.description} ({preset.standard})"
+    body.__doc__ = f"{preset.description} {preset.summary()}. Follows: {preset.standard}."
     _importable_as(body, entry_name(preset.name))
-    return flow(name=preset.name, flow_run_name=f"{preset.name}-v{preset.version}",
+    return flow(name=preset.name, flow_run_name=_run_namer(preset, _first_request_source),
                 task_runner=ThreadPoolTaskRunner(max_workers=workers), description=body.__doc__)(body)
 
 
@@ -221,7 +251,7 @@ def ingest_flow(preset: Preset, *, workers: int = 2):
     def body(source: str, output_dir: str | None = None):
         return run_batch(preset, [source], output_dir, skip_published=True)
 
-    body.__doc__ = f"Nightly ingestion for {preset.name}: new sources only."
+    body.__doc__ = f"Nightly ingestion for {preset.name} (new sources only): {preset.summary()}."
     _importable_as(body, entry_name(preset.name, ingest=True))
-    return flow(name=f"ingest-{preset.name}", flow_run_name=f"ingest-{preset.name}-v{preset.version}",
+    return flow(name=f"ingest-{preset.name}", flow_run_name=_run_namer(preset, lambda p: p["source"]),
                 task_runner=ThreadPoolTaskRunner(max_workers=workers), description=body.__doc__)(body)

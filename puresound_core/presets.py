@@ -231,6 +231,27 @@ class Preset(BaseModel):
     def _naming(cls, value: str) -> str:
         return check_output_naming(value)
 
+    def summary(self) -> str:
+        """str: what the preset delivers, in one line: target, ceiling and renditions (for the UI)."""
+        loud = self.loudness
+        if loud.target_lufs is not None:
+            level = f"{loud.target_lufs:g} LUFS +-{loud.tolerance_lu:g} LU" + (" as played" if loud.dual_mono else "")
+        elif loud.target_rms_dbfs is not None:
+            level = f"RMS {loud.target_rms_dbfs:g} dBFS"
+        else:
+            level = "level unchanged"
+        ceiling = "" if loud.ceiling_dbtp is None else f", true peak <= {loud.ceiling_dbtp:g} dBTP"
+        parts = []
+        for r in self.renditions:
+            e = r.encoder
+            rate = "source rate" if r.source_format else f"{e.sample_rate_hz / 1000:g} kHz"
+            channels = "source channels" if r.source_format else ("mono" if e.channels == 1 else "stereo")
+            quality = (f"{e.bitrate_kbps} kbps" if e.bitrate_kbps and not e.lossless
+                       else f"V{e.vbr_quality}" if e.vbr_quality is not None else f"{e.bit_depth}-bit")
+            codec = {"opus": "Opus"}.get(e.codec, e.codec.upper())
+            parts.append(f"{r.name} ({codec} {quality}, {rate}, {channels})")
+        return f"{level}{ceiling}; renditions: {', '.join(parts)}"
+
     def output_folder(self, source_name: str, sha256: str) -> str:
         """The folder of one source's outputs, relative to the output root.
 

@@ -46,7 +46,16 @@ CODE_VERSION = (f"puresound-core {puresound_core.__version__} ({_engine_source_h
 
 
 def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _named(step: str):
+    """``task_run_name`` callable: the step and the file (and rendition) it works on, for the UI."""
+    def name(parameters: dict) -> str:
+        label = f"{step} {Path(parameters['path']).name}"
+        rendition = parameters.get("rendition")
+        return f"{label} {rendition.name}" if rendition is not None else label
+    return name
 
 
 def _validate_key(_: TaskRunContext, p: dict) -> str:
@@ -83,7 +92,7 @@ def _render_key(_: TaskRunContext, p: dict) -> str:
                    p["rendition"].name, CODE_VERSION)
 
 
-@task(name="fingerprint")
+@task(name="fingerprint", task_run_name=_named("fingerprint"))
 def fingerprint(path: str) -> str:
     """SHA-256 of a source file's bytes: the identity every cache key starts from.
 
@@ -104,7 +113,7 @@ def fingerprint(path: str) -> str:
     return sha256_file(path)
 
 
-@task(name="validate", cache_key_fn=_validate_key, persist_result=True)
+@task(name="validate", task_run_name=_named("validate"), cache_key_fn=_validate_key, persist_result=True)
 def validate(path: str, sha256: str, limits: ValidationLimits) -> ValidationReport:
     """Every validation rule of the preset on one file, in an isolated child process.
 
@@ -127,7 +136,7 @@ def validate(path: str, sha256: str, limits: ValidationLimits) -> ValidationRepo
     return validate_isolated(path, limits)
 
 
-@task(name="analyze", cache_key_fn=_analyze_key, persist_result=True)
+@task(name="analyze", task_run_name=_named("analyze"), cache_key_fn=_analyze_key, persist_result=True)
 def analyze(path: str, sha256: str) -> AnalysisReport:
     """Loudness, LRA, true peak and content features (:func:`puresound_core.analysis.analyze_file`).
 
@@ -153,7 +162,7 @@ def _plan_key(_: TaskRunContext, p: dict) -> str:
     return _digest("plan", p["sha256"], p["preset"].name, p["preset"].version, p["preset"].fingerprint, CODE_VERSION)
 
 
-@task(name="plan-renditions", cache_key_fn=_plan_key, persist_result=True)
+@task(name="plan-renditions", task_run_name=_named("plan"), cache_key_fn=_plan_key, persist_result=True)
 def plan(path: str, sha256: str, preset: Preset, analysis: AnalysisReport) -> list[RenditionPlan]:
     """Plan every rendition of the preset (:func:`puresound_core.policy.rendition_plans`).
 
@@ -173,7 +182,8 @@ def plan(path: str, sha256: str, preset: Preset, analysis: AnalysisReport) -> li
     return rendition_plans(preset, path, analysis)
 
 
-@task(name="render-rendition", cache_key_fn=_render_key, persist_result=True)
+@task(name="render-rendition", task_run_name=_named("render"), cache_key_fn=_render_key,
+      persist_result=True)
 def render(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
            work_dir: str, planned: RenditionPlan | None = None) -> RenditionResult:
     """Render, encode and verify one rendition into the work area (:func:`render_rendition`).

@@ -42,3 +42,13 @@ def test_served_deployments_have_form_parameters_and_a_cron_with_timezone():
     manual = next(d for d in built if d.name == MANUAL)
     assert "RunRequest" in manual._parameter_openapi_schema.model_dump()["definitions"]
     assert all(d.entrypoint.startswith("flows.dynamic.") and d.description for d in built)
+
+
+def test_deployment_defaults_are_absolute_and_descriptions_say_what_the_preset_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    built = build_deployments(BUILTIN_PRESETS, PureSoundSettings(output_dir="out", nightly_source_root="incoming"))
+    manual = next(d for d in built if d.name == MANUAL and d.flow_name == "podcast")
+    request = manual.parameters["request"]
+    assert request["sources"] == [str(tmp_path / "incoming" / "podcast")]
+    assert request["output_dir"] == str(tmp_path / "out")
+    assert "-16 LUFS +-1 LU" in manual.description and "opus-48k-mono (Opus 48 kbps" in manual.description

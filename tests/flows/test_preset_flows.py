@@ -89,7 +89,7 @@ def _task_run_states(flow_run_id: str, timeout_s: float = 30.0) -> dict[str, lis
             time.sleep(0.2)
     states: dict[str, list[str]] = {}
     for run in runs:
-        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+        states.setdefault(run.name.split(" ", 1)[0], []).append(run.state.name)  # "validate tuxi.ogg"
     return states
 
 
@@ -99,7 +99,7 @@ def test_second_run_does_no_audio_work_and_writes_nothing_new(puresound_env):
     first = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")}
     assert _run("podcast", str(EXAMPLES), "--output", str(out)).exit_code == 0
     states = _task_run_states(_batch(out, "podcast")["flow_run_id"])
-    for name in ("validate", "analyze", "render-rendition"):
+    for name in ("validate", "analyze", "plan", "render"):
         assert states[name] and set(states[name]) == {"Cached"}, (name, states[name])
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")} == first
 
@@ -199,4 +199,18 @@ def test_a_run_can_be_followed_logs_artifacts_and_report_html(puresound_env, cor
     assert {"podcast-summary", "podcast-report", "podcast-lineage"} <= {a.key for a in artifacts}
     lineage = next(a for a in artifacts if a.key == "podcast-lineage").data
     assert "mp3-128k" in lineage and batch["sources"][1]["renditions"][0]["sha256"][:16] in lineage
-    assert {"process tuxi.ogg", "process cut.wav"} <= task_names
+    assert {"process tuxi.ogg", "process cut.wav", "validate tuxi.ogg", "validate cut.wav",
+            "render tuxi.ogg mp3-128k", "render tuxi.ogg opus-48k-mono"} <= task_names
+
+
+def test_a_missing_source_fails_the_run_in_one_line_and_the_run_is_named_after_it(puresound_env):
+    from flows.presets import RunRequest, preset_flow
+    from puresound_core.presets import BUILTIN_PRESETS
+
+    flow_fn = preset_flow(BUILTIN_PRESETS["voice"])
+    state = flow_fn(request=RunRequest(sources=[str(puresound_env / "gone")]), return_state=True)
+    assert state.is_failed() and state.message.startswith("cannot list the sources: ")
+    assert "\n" not in state.message and "gone" in state.message
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert run.name.startswith("voice gone ")
