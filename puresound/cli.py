@@ -133,9 +133,22 @@ def _prefect_api(settings):
         raise typer.Exit(1) from None
     try:
         with temporary_settings({PREFECT_API_URL: url}):
-            yield
+            try:
+                yield
+            finally:
+                _flush_to_api()  # logs and events reach the server before it stops
     finally:
         server.__exit__(None, None, None)
+
+
+def _flush_to_api() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    with contextlib.suppress(Exception):  # best effort: the run's outcome is already known
+        APILogHandler().flush()
+    with contextlib.suppress(Exception):
+        EventsWorker.drain_all(timeout=10)
 
 
 @app.command()

@@ -94,7 +94,7 @@ class ValidationLimits(BaseModel):
     file_size_max_bytes: int = Field(default=8 * 1024**3, gt=0, description="Largest accepted file (bytes)")
     sample_rate_min_hz: int = Field(default=8000, gt=0)
     sample_rate_max_hz: int = Field(default=192000, gt=0)
-    channels_max: int = Field(default=8, ge=1)
+    channels_max: int = Field(default=12, ge=1, description="Most channels accepted (12: 7.1.4)")
     silence_peak_dbfs: float = Field(default=-90.0, le=0)
     clipping_ratio_max: float = Field(default=0.01, ge=0, le=1)
     declared_duration_tolerance_s: float = Field(default=0.5, ge=0)
