@@ -25,9 +25,11 @@ from typing import Literal
 import av
 import av.logging
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import DecodeTimeoutError, EncodingError, InvalidAudioError
+from .specs import CODECS as _CODECS
+from .specs import Codec, EncoderSettings  # noqa: F401  (re-exported)
 
 #: Default decode block length in samples (per channel): ~1.4 s at 48 kHz.
 DEFAULT_BLOCK_SIZE = 1 << 16
@@ -669,74 +671,7 @@ def blocks_of(audio: np.ndarray, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Ite
 
 # --------------------------------------------------------------------------- encoding
 
-Codec = Literal["mp3", "aac", "opus", "flac", "wav"]
-
-# codec -> (FFmpeg encoder, muxer, file extension)
-_CODECS: dict[str, tuple[str, str, str]] = {
-    "mp3": ("libmp3lame", "mp3", "mp3"),
-    "aac": ("aac", "ipod", "m4a"),
-    "opus": ("libopus", "ogg", "opus"),
-    "flac": ("flac", "flac", "flac"),
-    "wav": ("pcm_s16le", "wav", "wav"),
-}
-_OPUS_RATES_HZ = (8000, 12000, 16000, 24000, 48000)
 _FF_QP2LAMBDA = 118  # libavutil/avutil.h
-
-
-class EncoderSettings(BaseModel):
-    """How one rendition is encoded.
-
-    Attributes
-    ----------
-    codec : {"mp3", "aac", "opus", "flac", "wav"}
-        MP3 via libmp3lame, AAC-LC in M4A via FFmpeg's native encoder, Opus in Ogg via
-        libopus, FLAC, PCM WAV.
-    bitrate_kbps : int or None
-        Constant / target bitrate of lossy codecs (required for AAC and Opus, and for
-        MP3 unless ``vbr_quality`` is set); ignored by FLAC and WAV.
-    vbr_quality : int in [0, 9] or None
-        MP3 only: LAME VBR quality (``-V``; 0 is best). Overrides ``bitrate_kbps``.
-    sample_rate_hz : int
-        Output rate; Opus allows 8/12/16/24/48 kHz.
-    channels : {1, 2}
-    bit_depth : {16, 24}
-        FLAC and WAV sample depth.
-
-    References
-    ----------
-    FFmpeg codecs documentation (libmp3lame, aac, libopus, flac); RFC 7845 (Ogg Opus).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    codec: Codec
-    bitrate_kbps: int | None = Field(default=None, gt=0, le=640)
-    vbr_quality: int | None = Field(default=None, ge=0, le=9)
-    sample_rate_hz: int = Field(default=48000, ge=8000, le=192000)
-    channels: Literal[1, 2] = 2
-    bit_depth: Literal[16, 24] = 16
-
-    @model_validator(mode="after")
-    def _check(self) -> EncoderSettings:
-        if self.codec == "opus" and self.sample_rate_hz not in _OPUS_RATES_HZ:
-            raise ValueError(f"opus needs sample_rate_hz in {_OPUS_RATES_HZ}, got {self.sample_rate_hz}")
-        if self.codec in ("aac", "opus") and self.bitrate_kbps is None:
-            raise ValueError(f"{self.codec} needs bitrate_kbps")
-        if self.codec == "mp3" and self.bitrate_kbps is None and self.vbr_quality is None:
-            raise ValueError("mp3 needs bitrate_kbps (CBR) or vbr_quality (VBR)")
-        if self.vbr_quality is not None and self.codec != "mp3":
-            raise ValueError("vbr_quality applies to mp3 only")
-        return self
-
-    @property
-    def extension(self) -> str:
-        """File extension without the dot (``"mp3"``, ``"m4a"``, ``"opus"``, ``"flac"``, ``"wav"``)."""
-        return _CODECS[self.codec][2]
-
-    @property
-    def lossless(self) -> bool:
-        """True for FLAC and WAV."""
-        return self.codec in ("flac", "wav")
 
 
 class EncodeResult(BaseModel):

@@ -31,13 +31,18 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from .audio import EncoderSettings
 from .errors import PresetError
-from .render import LoudnessTarget
-from .validation import ValidationLimits
+from .specs import EncoderSettings, LoudnessTarget, ValidationLimits
 
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 #: A preset version becomes part of paths and cache keys: letters, digits, ``.``, ``_``, ``-``.

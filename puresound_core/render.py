@@ -31,14 +31,20 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict
 
 from .analysis import AnalysisReport, ContentAnalyzer
 from .audio import EncodeResult, EncoderSettings, encode_blocks, iter_blocks, probe
 from .cancel import stoppable
-from .gain_tags import R128_REFERENCE_LUFS, REPLAYGAIN_REFERENCE_LUFS, gain_tags, write_tags
+from .gain_tags import (
+    R128_REFERENCE_LUFS,
+    REPLAYGAIN_REFERENCE_LUFS,
+    gain_tags,
+    write_tags,
+)
 from .loudness import LoudnessMeter, LoudnessReport, LoudnessSeries
 from .processing import ProcessingPlan, ProcessingStats, process_blocks
+from .specs import LoudnessTarget
 
 __all__ = [
     "DUAL_MONO_OFFSET_LU", "LoudnessTarget", "PlanProblem", "R128_REFERENCE_LUFS", "REPLAYGAIN_REFERENCE_LUFS",
@@ -131,61 +137,6 @@ def _encoded_minus_source_lu(signal: np.ndarray, settings: EncoderSettings) -> f
         for block in iter_blocks(path):
             after.process(block)
     return after.report().integrated_lufs - before.report().integrated_lufs
-
-
-class LoudnessTarget(BaseModel):
-    """Loudness a rendition must meet.
-
-    Attributes
-    ----------
-    target_lufs : float or None
-        Integrated loudness to normalise to, as played (see ``dual_mono``); ``None`` leaves
-        the level alone.
-    tolerance_lu : float
-        Largest accepted |measured - target|.
-    ceiling_dbtp : float or None
-        Largest accepted true peak; ``None`` for no ceiling.
-    target_rms_dbfs : float or None
-        Normalise unweighted RMS instead of loudness (ACX); exclusive with ``target_lufs``.
-    rms_range_dbfs : (float, float) or None
-        Accepted RMS range.
-    sample_peak_max_dbfs, noise_floor_max_dbfs : float or None
-        Largest accepted sample peak / noise floor (5th percentile of 50 ms RMS).
-    dual_mono : bool
-        Measure mono renditions as dual-mono (the channel counted twice, +3.01 LU): how a
-        mono file sounds on two loudspeakers. ``False`` measures the single channel.
-    max_gain_db : float
-        Largest gain the preset applies to reach its target (rule ``gain_max``): a source
-        that needs more is mostly noise floor and is rejected before rendering.
-    max_gain_reduction_db : float or None
-        Most peak limiting (dB of gain reduction) the preset accepts; predicted before
-        rendering (rule ``max_gain_reduction``) and checked on the render
-        (verification check ``gain_reduction``). ``None``: no cap.
-
-    References
-    ----------
-    EBU R 128 (2020): -23 LUFS +-0.5 LU (+-1 LU live), -1 dBTP; AES TD1008 and Apple Podcasts
-    (-16 LUFS, -1 dBTP); FFmpeg ebur128 filter ``dualmono`` option; libebur128 ``EBUR128_DUAL_MONO``.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    target_lufs: float | None = Field(default=None, le=0)
-    tolerance_lu: float = Field(default=1.0, gt=0)
-    ceiling_dbtp: float | None = Field(default=-1.0, le=0)
-    target_rms_dbfs: float | None = Field(default=None, le=0)
-    rms_range_dbfs: tuple[float, float] | None = None
-    sample_peak_max_dbfs: float | None = Field(default=None, le=0)
-    noise_floor_max_dbfs: float | None = Field(default=None, le=0)
-    dual_mono: bool = True
-    max_gain_db: float = Field(default=40.0, gt=0, le=120)
-    max_gain_reduction_db: float | None = Field(default=20.0, gt=0, le=60)
-
-    @model_validator(mode="after")
-    def _one_level_target(self) -> LoudnessTarget:
-        if self.target_lufs is not None and self.target_rms_dbfs is not None:
-            raise ValueError("set target_lufs or target_rms_dbfs, not both")
-        return self
 
 
 class VerificationCheck(BaseModel):

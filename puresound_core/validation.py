@@ -41,10 +41,11 @@ import re
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from .audio import DecodeMessage, ProbeResult, iter_blocks, probe
 from .errors import InvalidAudioError
+from .specs import ValidationLimits  # noqa: F401  (re-exported)
 from .true_peak import amplitude_to_db
 
 #: |sample| at or above this is full scale for the clipping rule (-0.0087 dBFS: above the
@@ -62,44 +63,6 @@ BENIGN_DECODE_MESSAGES: tuple[str, ...] = (
     r"^Estimating duration from bitrate, this may be inaccurate$",
 )
 _BENIGN = [re.compile(pattern) for pattern in BENIGN_DECODE_MESSAGES]
-
-
-class ValidationLimits(BaseModel):
-    """Limits of the validation rules; presets set their own.
-
-    Attributes
-    ----------
-    duration_min_s, duration_max_s : float
-    file_size_max_bytes : int
-    sample_rate_min_hz, sample_rate_max_hz : int
-    channels_max : int
-    silence_peak_dbfs : float
-        A file whose sample peak is at or under this is digital silence (-90 dBFS is just
-        under one 16-bit LSB).
-    clipping_ratio_max : float
-        Largest tolerated share of clipped samples.
-    declared_duration_tolerance_s : float
-        Largest tolerated difference between declared and decoded duration.
-    decode_timeout_s : float
-        Wall-clock deadline of the validating decode.
-    decode_errors_max : int
-        Largest tolerated number of FFmpeg errors / warnings logged during the validating
-        decode (benign messages excluded).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    duration_min_s: float = Field(default=1.0, ge=0, description="Shortest accepted programme (s)")
-    duration_max_s: float = Field(default=6 * 3600.0, gt=0, description="Longest accepted programme (s)")
-    file_size_max_bytes: int = Field(default=8 * 1024**3, gt=0, description="Largest accepted file (bytes)")
-    sample_rate_min_hz: int = Field(default=8000, gt=0)
-    sample_rate_max_hz: int = Field(default=192000, gt=0)
-    channels_max: int = Field(default=12, ge=1, description="Most channels accepted (12: 7.1.4)")
-    silence_peak_dbfs: float = Field(default=-90.0, le=0)
-    clipping_ratio_max: float = Field(default=0.01, ge=0, le=1)
-    declared_duration_tolerance_s: float = Field(default=0.5, ge=0)
-    decode_timeout_s: float = Field(default=600.0, gt=0)
-    decode_errors_max: int = Field(default=0, ge=0, description="Tolerated FFmpeg decode errors/warnings")
 
 
 class RuleResult(BaseModel):
