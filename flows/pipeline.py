@@ -1,8 +1,8 @@
-"""The per-file pipeline, in one place: fingerprint -> validate -> analyse -> plan -> render ->
-verify -> store -> record lineage.
+"""The per-file pipeline, in one place: fingerprint -> inspect (validate + analyse in one
+decode) -> plan -> render -> verify -> store -> record lineage.
 
 Every verdict that can be known before rendering is given before rendering: validation
-rules (decoded in an isolated child process), then :func:`puresound_core.policy.preflight`
+rules (decoded in an isolated child process, which also measures loudness and content), then :func:`puresound_core.policy.preflight`
 (``lossless_source``, ``loudness_measurable``, ``gain_max``, ``max_gain_reduction``). A
 source's renditions are published only as a complete, verified set.
 """
@@ -22,7 +22,7 @@ from puresound_core.cancel import check_stop
 from puresound_core.policy import preflight, room_tone_warnings
 from puresound_core.presets import Preset
 from puresound_core.storage import sha256_file
-from tasks.audio import CODE_VERSION, analyze, fingerprint, plan, render_cached, validate
+from tasks.audio import CODE_VERSION, fingerprint, inspect, plan, render_cached
 from tasks.publish import fetch_source, record_lineage, store_rendition_as_asset, store_report
 
 _locks_guard = threading.Lock()
@@ -137,7 +137,8 @@ def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir:
         path = readable_alias(source.local_path, work_dir)
         sha256 = fingerprint(path)
     folder = preset.output_folder(source.name, sha256)
-    validation = validate(path, sha256, preset.validation)
+    inspection = inspect(path, sha256, preset.validation)
+    validation = inspection.validation
     source_row = {"sha256": sha256, "uri": source.uri, "size_bytes": Path(path).stat().st_size, "etag": source.etag,
                   "probe": validation.probe.model_dump(mode="json") if validation.probe else {}}
     report = {"source": {"uri": source.uri, "sha256": sha256}, "preset": preset.name,
@@ -159,7 +160,7 @@ def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir:
 
     # Identical inputs in one batch render once: the second waits, then finds the cached render.
     with _content_lock(f"{sha256}:{preset.fingerprint}"):
-        analysis = analyze(path, sha256)
+        analysis = inspection.analysis
         plans = plan(path, sha256, preset, analysis)
         problems = preflight(preset, validation.probe, plans)
         if problems:

@@ -53,20 +53,15 @@ def _finite(value: float | None) -> float | None:
 
 
 def _analyze_one(path: Path) -> dict:
-    from puresound_core.analysis import analyze_file
-    from puresound_core.errors import PureSoundError
-    from puresound_core.isolation import validate_isolated
+    from puresound_core.isolation import inspect_isolated
 
-    validation = validate_isolated(path)  # a decoder crash or hang fails a rule instead of killing us
+    # One decode in a child process: a decoder crash or hang fails a rule instead of killing us.
+    inspection = inspect_isolated(path)
+    validation, report = inspection.validation, inspection.analysis
     row = {"path": str(path), "valid": validation.passed, "failed_rules": validation.failed_rules,
            "reasons": [r.message for r in validation.failures], "integrated_lufs": None,
            "true_peak_dbtp": None, "lra_lu": None, "sample_peak_dbfs": None, "content_class": None}
-    if not validation.passed:
-        return row
-    try:
-        report = analyze_file(path)
-    except PureSoundError as err:  # decodable at validation, failing now: report, never crash
-        row.update(valid=False, failed_rules=[getattr(err, "rule", None) or "analysis"], reasons=[str(err)])
+    if report is None:
         return row
     loudness, content = report.loudness, report.content
     row.update(integrated_lufs=_finite(loudness.integrated_lufs), true_peak_dbtp=_finite(loudness.true_peak_dbtp),

@@ -38,6 +38,8 @@ from pydantic import BaseModel, ConfigDict
 
 from .audio import ProbeResult, iter_blocks, probe
 from .loudness import LoudnessMeter, LoudnessReport, LoudnessSeries
+from .specs import ValidationLimits
+from .validation import ValidationReport, validate_file
 
 ContentClass = Literal["speech", "music", "silence", "mixed"]
 
@@ -368,6 +370,64 @@ def analyze_blocks(
         meter.process(block)      # checks finiteness first
         content.process(block)
     return AnalysisReport(loudness=meter.report(), content=content.report(), series=meter.series())
+
+
+class Inspection(BaseModel):
+    """A source validated and analysed in one decode.
+
+    Attributes
+    ----------
+    validation : ValidationReport
+    analysis : AnalysisReport or None
+        ``None`` when a validation rule failed.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    validation: ValidationReport
+    analysis: AnalysisReport | None = None
+
+
+def inspect_file(path, limits: ValidationLimits | None = None, *,
+                 silence_threshold_dbfs: float = -60.0) -> Inspection:
+    """Validate and analyse a file in the same decode: every rule, loudness, true peak and content.
+
+    Parameters
+    ----------
+    path : str or path-like
+    limits : ValidationLimits, optional
+    silence_threshold_dbfs : float
+
+    Returns
+    -------
+    Inspection
+        Never raises for bad input: a file that fails a rule has ``analysis=None``.
+
+    References
+    ----------
+    ITU-R BS.1770-4; EBU Tech 3341, 3342; :func:`puresound_core.validation.validate_file`.
+    """
+    state: dict = {}
+
+    def observe(info: ProbeResult):
+        meter = LoudnessMeter(sample_rate_hz=info.sample_rate_hz, channels=info.channels,
+                              layout=info.channel_layout)
+        content = ContentAnalyzer(sample_rate_hz=info.sample_rate_hz, channels=info.channels,
+                                  silence_threshold_dbfs=silence_threshold_dbfs)
+        state.update(meter=meter, content=content, probe=info)
+
+        def sink(block: np.ndarray) -> None:
+            meter.process(block)  # checks finiteness first
+            content.process(block)
+        return sink
+
+    validation = validate_file(path, limits, observe=observe)
+    if not validation.passed or "meter" not in state:
+        return Inspection(validation=validation)
+    meter = state["meter"]
+    analysis = AnalysisReport(loudness=meter.report(), content=state["content"].report(), probe=state["probe"],
+                              series=meter.series())
+    return Inspection(validation=validation, analysis=analysis)
 
 
 def analyze_file(path, *, timeout_s: float | None = None, silence_threshold_dbfs: float = -60.0) -> AnalysisReport:

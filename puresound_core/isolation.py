@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import pickle
 import resource
 import signal
 import threading
@@ -69,7 +70,7 @@ Fault = Literal["segfault", "pyav_planar_8ch", "hang", "oom"]
 class _Job:
     """What a child does: ``kind`` on ``path``; ``fault`` is a test seam run first in the child."""
 
-    kind: Literal["validate", "probe"]
+    kind: Literal["validate", "inspect", "probe"]
     path: str
     limits_json: str | None
     memory_limit_bytes: int | None
@@ -118,6 +119,17 @@ def _child(conn: connection.Connection, job: _Job) -> None:
             if job.memory_limit_bytes is not None:
                 report = _name_memory_limit(report, job.memory_limit_bytes)
             message = b"R" + report.model_dump_json().encode()
+        elif job.kind == "inspect":
+            from .analysis import inspect_file
+
+            limits = ValidationLimits.model_validate_json(job.limits_json) if job.limits_json else None
+            inspection = inspect_file(job.path, limits)
+            if job.memory_limit_bytes is not None:
+                inspection = inspection.model_copy(update={
+                    "validation": _name_memory_limit(inspection.validation, job.memory_limit_bytes)})
+            # Pickle, not JSON: measurements may be -inf (silence), which JSON cannot carry; the
+            # bytes come from this module's own child, never from the media.
+            message = b"I" + pickle.dumps(inspection, protocol=pickle.HIGHEST_PROTOCOL)
         else:
             try:
                 message = b"P" + probe(job.path).model_dump_json().encode()
@@ -193,7 +205,7 @@ def _context() -> multiprocessing.context.BaseContext:
     with _setup_lock:
         if not _setup_done:
             # Only takes effect if no forkserver is running yet in this process.
-            ctx.set_forkserver_preload(["puresound_core.isolation"])
+            ctx.set_forkserver_preload(["puresound_core.isolation", "puresound_core.analysis"])
             _setup_done = True
     return ctx
 
@@ -287,15 +299,17 @@ def _failure(outcome: _Outcome, name: str, *, timeout_s: float, memory_limit_byt
 
 
 def _validate_isolated(path: str | os.PathLike, limits: ValidationLimits | None, *, timeout_s: float | None,
-                       memory_limit_bytes: int | None, fault: Fault | None) -> ValidationReport:
+                       memory_limit_bytes: int | None, fault: Fault | None, kind: str = "validate"):
     limits = limits or ValidationLimits()
     p = Path(path)
     budget = limits.decode_timeout_s + STARTUP_ALLOWANCE_S if timeout_s is None else timeout_s
-    job = _Job(kind="validate", path=str(p), limits_json=limits.model_dump_json(),
+    job = _Job(kind=kind, path=str(p), limits_json=limits.model_dump_json(),
                memory_limit_bytes=memory_limit_bytes, fault=fault)
     outcome = _run(job, budget)
     if outcome.kind == "message" and outcome.payload.startswith(b"R"):
         return ValidationReport.model_validate_json(outcome.payload[1:])
+    if outcome.kind == "message" and outcome.payload.startswith(b"I"):
+        return pickle.loads(outcome.payload[1:])  # noqa: S301 - our own child's result
     size = p.stat().st_size if p.is_file() else 0
     size_ok = size <= limits.file_size_max_bytes
     rules = [
@@ -349,6 +363,34 @@ def validate_isolated(
     Python ``multiprocessing`` forkserver start method; POSIX ``setrlimit(RLIMIT_AS)``.
     """
     return _validate_isolated(path, limits, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes, fault=None)
+
+
+def inspect_isolated(
+    path: str | os.PathLike,
+    limits: ValidationLimits | None = None,
+    *,
+    timeout_s: float | None = None,
+    memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
+):
+    """:func:`~puresound_core.analysis.inspect_file` in a child process: validate and analyse in one decode.
+
+    Parameters
+    ----------
+    path, limits, timeout_s, memory_limit_bytes
+        As :func:`validate_isolated`; the deadline covers the analysis too.
+
+    Returns
+    -------
+    puresound_core.analysis.Inspection
+        ``analysis`` is ``None`` when a rule failed, or when the child crashed, hung or ran
+        out of memory (then ``validation`` is the report :func:`validate_isolated` gives).
+        Never raises for bad input.
+    """
+    from .analysis import Inspection
+
+    result = _validate_isolated(path, limits, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes,
+                                fault=None, kind="inspect")
+    return result if isinstance(result, Inspection) else Inspection(validation=result)
 
 
 def probe_isolated(

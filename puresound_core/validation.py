@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +179,12 @@ def _rule(path: Path, rule: str, passed: bool, measured, limit, detail: str) -> 
                       message=f"{path.name}: rule '{rule}' {status}: {detail}")
 
 
-def validate_file(path: str | os.PathLike, limits: ValidationLimits | None = None) -> ValidationReport:
+#: ``observe(probe)`` returns a function that receives every decoded block of the validating pass.
+BlockObserver = Callable[[ProbeResult], Callable[[np.ndarray], None]]
+
+
+def validate_file(path: str | os.PathLike, limits: ValidationLimits | None = None, *,
+                  observe: BlockObserver | None = None) -> ValidationReport:
     """Check a file against every validation rule and report all failures.
 
     The file is probed, then decoded once (block by block, under ``limits.decode_timeout_s``)
@@ -189,6 +195,12 @@ def validate_file(path: str | os.PathLike, limits: ValidationLimits | None = Non
     path : str or path-like
     limits : ValidationLimits, optional
         Defaults to ``ValidationLimits()``.
+    observe : callable, optional
+        Called once with the probe when decoding starts; the function it returns gets every
+        decoded block, so that measurements share this decode (see
+        :func:`puresound_core.analysis.inspect_file`). When it raises
+        :class:`InvalidAudioError` (a meter refusing NaN) it gets no further block; the
+        rules are unaffected.
 
     Returns
     -------
@@ -227,10 +239,16 @@ def validate_file(path: str | os.PathLike, limits: ValidationLimits | None = Non
     stats = _StatsAccumulator(info.channels)
     decode_failure: InvalidAudioError | None = None
     messages: list[DecodeMessage] = []
+    sink = observe(info) if observe is not None else None
     try:
         for block in iter_blocks(p, timeout_s=limits.decode_timeout_s, stream_index=info.stream_index,
                                  on_decode_message=messages.append):
             stats.process(block)
+            if sink is not None:
+                try:
+                    sink(block)
+                except InvalidAudioError:
+                    sink = None  # e.g. NaN: rule finite_samples reports it
     except InvalidAudioError as err:  # includes DecodeTimeoutError (rule decode_timeout)
         decode_failure = err
     if decode_failure is not None:

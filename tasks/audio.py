@@ -1,4 +1,4 @@
-"""Audio tasks: fingerprint, validate, analyse, render. Thin wrappers of puresound_core.
+"""Audio tasks: fingerprint, inspect (validate + analyse), plan, render. Thin wrappers of puresound_core.
 
 Cache keys are the content SHA-256 plus what changes the output (limits, preset
 fingerprint and version, rendition, code version), never paths. DSP is deterministic, so
@@ -16,14 +16,14 @@ from prefect.context import TaskRunContext
 
 import puresound_core
 from puresound.settings import PureSoundSettings
-from puresound_core.analysis import AnalysisReport, analyze_file
+from puresound_core.analysis import AnalysisReport, Inspection
 from puresound_core.audio import FFMPEG_VERSION
-from puresound_core.isolation import validate_isolated
+from puresound_core.isolation import inspect_isolated
 from puresound_core.policy import rendition_plans, resolve_encoder
 from puresound_core.presets import Preset, Rendition
 from puresound_core.render import RenditionPlan, RenditionResult, bit_exact_check, render_rendition
 from puresound_core.storage import sha256_file
-from puresound_core.validation import ValidationLimits, ValidationReport
+from puresound_core.validation import ValidationLimits
 
 
 def _engine_source_hash() -> str:
@@ -58,13 +58,9 @@ def _named(step: str):
     return name
 
 
-def _validate_key(_: TaskRunContext, p: dict) -> str:
+def _inspect_key(_: TaskRunContext, p: dict) -> str:
     # The report's messages name the file: the same content under another name is its own entry.
-    return _digest("validate", p["sha256"], Path(p["path"]).name, p["limits"].model_dump_json(), CODE_VERSION)
-
-
-def _analyze_key(_: TaskRunContext, p: dict) -> str:
-    return _digest("analyze", p["sha256"], CODE_VERSION)
+    return _digest("inspect", p["sha256"], Path(p["path"]).name, p["limits"].model_dump_json(), CODE_VERSION)
 
 
 def rendition_work_path(work_dir: str, sha256: str, preset: Preset, rendition: Rendition) -> Path:
@@ -113,49 +109,28 @@ def fingerprint(path: str) -> str:
     return sha256_file(path)
 
 
-@task(name="validate", task_run_name=_named("validate"), cache_key_fn=_validate_key, persist_result=True)
-def validate(path: str, sha256: str, limits: ValidationLimits) -> ValidationReport:
-    """Every validation rule of the preset on one file, in an isolated child process.
+@task(name="inspect", task_run_name=_named("inspect"), cache_key_fn=_inspect_key, persist_result=True)
+def inspect(path: str, sha256: str, limits: ValidationLimits) -> Inspection:
+    """Every validation rule and the analysis of one file, in one decode in an isolated child process.
 
-    Untrusted media is probed and decoded by :func:`puresound_core.isolation.validate_isolated`:
+    Untrusted media is probed and decoded by :func:`puresound_core.isolation.inspect_isolated`:
     a decoder that crashes, hangs or runs out of memory fails rule ``decodable`` /
-    ``decode_timeout`` for this file, and the batch goes on.
+    ``decode_timeout`` for this file, and the batch goes on. The same decode feeds the
+    loudness meter, the true-peak meter and the content analyser.
 
     Parameters
     ----------
     path : str
     sha256 : str
-        Content hash; with ``limits`` and the code version, the cache key.
+        Content hash; with the file name, ``limits`` and the code version, the cache key.
     limits : ValidationLimits
 
     Returns
     -------
-    ValidationReport
-        Never raises for bad input.
+    Inspection
+        ``analysis`` is ``None`` when a rule failed. Never raises for bad input.
     """
-    return validate_isolated(path, limits)
-
-
-@task(name="analyze", task_run_name=_named("analyze"), cache_key_fn=_analyze_key, persist_result=True)
-def analyze(path: str, sha256: str) -> AnalysisReport:
-    """Loudness, LRA, true peak and content features (:func:`puresound_core.analysis.analyze_file`).
-
-    Parameters
-    ----------
-    path : str
-    sha256 : str
-        Content hash; with the code version, the cache key.
-
-    Returns
-    -------
-    AnalysisReport
-
-    Raises
-    ------
-    InvalidAudioError
-        If the file cannot be decoded (validation runs first, so this is unexpected).
-    """
-    return analyze_file(path)
+    return inspect_isolated(path, limits)
 
 
 def _plan_key(_: TaskRunContext, p: dict) -> str:

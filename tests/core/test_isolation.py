@@ -123,3 +123,26 @@ def test_isolation_imports_no_prefect():
     code = ("import sys, puresound_core.isolation\n"
             "sys.exit(any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules))\n")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_inspection_validates_and_analyses_in_one_isolated_decode(tmp_path):
+    from puresound_core.analysis import analyze_file, inspect_file
+    from puresound_core.isolation import inspect_isolated
+    from tests.conftest import pink_noise, write_wav
+
+    path = write_wav(tmp_path / "noise.wav", pink_noise(4, 48000, level_dbfs=-20), 48000)
+    local = inspect_file(path)
+    assert local.validation == validate_file(path)
+    assert local.analysis.loudness == analyze_file(path).loudness
+    assert local.analysis.probe.channels == 2 and local.analysis.series.momentary_lufs
+    isolated = inspect_isolated(path)
+    assert isolated.validation == local.validation and isolated.analysis.loudness == local.analysis.loudness
+    bad = tmp_path / "text.wav"
+    bad.write_text("not audio")
+    assert inspect_isolated(bad).analysis is None and inspect_isolated(bad).validation.failed_rules == ["decodable"]
+    nan = tmp_path / "nan.wav"
+    audio = pink_noise(2, 48000, level_dbfs=-20)
+    audio[0, 100] = float("nan")
+    write_wav(nan, audio, 48000, subtype="FLOAT")
+    result = inspect_file(nan)
+    assert result.analysis is None and "finite_samples" in result.validation.failed_rules

@@ -99,7 +99,7 @@ def test_second_run_does_no_audio_work_and_writes_nothing_new(puresound_env):
     first = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")}
     assert _run("podcast", str(EXAMPLES), "--output", str(out)).exit_code == 0
     states = _task_run_states(_batch(out, "podcast")["flow_run_id"])
-    for name in ("validate", "analyze", "plan", "render"):
+    for name in ("inspect", "plan", "render"):
         assert states[name] and set(states[name]) == {"Cached"}, (name, states[name])
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")} == first
 
@@ -187,7 +187,8 @@ def test_a_run_can_be_followed_logs_artifacts_and_report_html(puresound_env, cor
         while True:  # logs reach the API asynchronously
             logs = [log.message for log in client.read_logs(
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)]
-            if any("cut.wav: rejected" in m for m in logs) or time.monotonic() > deadline:
+            done = {m.split(":")[0] for m in logs if ": rejected in" in m or ": published in" in m}
+            if done >= {"cut.wav", "tuxi.ogg"} or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         artifacts = client.read_artifacts(
@@ -199,7 +200,7 @@ def test_a_run_can_be_followed_logs_artifacts_and_report_html(puresound_env, cor
     assert {"podcast-summary", "podcast-report", "podcast-lineage"} <= {a.key for a in artifacts}
     lineage = next(a for a in artifacts if a.key == "podcast-lineage").data
     assert "mp3-128k" in lineage and batch["sources"][1]["renditions"][0]["sha256"][:16] in lineage
-    assert {"process tuxi.ogg", "process cut.wav", "validate tuxi.ogg", "validate cut.wav",
+    assert {"process tuxi.ogg", "process cut.wav", "inspect tuxi.ogg", "inspect cut.wav",
             "render tuxi.ogg mp3-128k", "render tuxi.ogg opus-48k-mono"} <= task_names
 
 
