@@ -2,8 +2,10 @@
 decode) -> plan -> render -> verify -> store -> record lineage.
 
 Every verdict that can be known before rendering is given before rendering: validation
-rules (decoded in an isolated child process, which also measures loudness and content), then :func:`puresound_core.policy.preflight`
-(``lossless_source``, ``loudness_measurable``, ``gain_max``, ``max_gain_reduction``). A
+rules (decoded in an isolated child process, which also measures loudness and content), then
+:func:`puresound_core.policy.source_rules` (``lossless_source``, ``source_format``) and
+:func:`~puresound_core.policy.plan_rules` (``loudness_measurable``, ``gain_max``,
+``max_gain_reduction``). A
 source's renditions are published only as a complete, verified set.
 """
 
@@ -19,10 +21,10 @@ from prefect import get_run_logger, task
 
 from flows.models import RenditionSummary, SourceOutcome, SourceRef, display_name
 from puresound_core.cancel import check_stop
-from puresound_core.policy import preflight, room_tone_warnings
+from puresound_core.policy import plan_rules, room_tone_warnings, source_rules
 from puresound_core.presets import Preset
 from puresound_core.storage import sha256_file
-from tasks.audio import CODE_VERSION, fingerprint, inspect, plan, render_cached
+from tasks.audio import CODE_VERSION, TransientInspectionError, fingerprint, inspect, plan, render_cached
 from tasks.publish import fetch_source, record_lineage, store_rendition_as_asset, store_report
 
 _locks_guard = threading.Lock()
@@ -137,7 +139,10 @@ def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir:
         path = readable_alias(source.local_path, work_dir)
         sha256 = fingerprint(path)
     folder = preset.output_folder(source.name, sha256)
-    inspection = inspect(path, sha256, preset.validation)
+    try:
+        inspection = inspect(path, sha256, preset.validation)
+    except TransientInspectionError as err:  # rejected for this run, not cached: a later run tries again
+        inspection = err.inspection
     validation = inspection.validation
     source_row = {"sha256": sha256, "uri": source.uri, "size_bytes": Path(path).stat().st_size, "etag": source.etag,
                   "probe": validation.probe.model_dump(mode="json") if validation.probe else {}}
@@ -161,8 +166,11 @@ def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir:
     # Identical inputs in one batch render once: the second waits, then finds the cached render.
     with _content_lock(f"{sha256}:{preset.fingerprint}"):
         analysis = inspection.analysis
+        problems = source_rules(preset, validation.probe)
+        if problems:
+            return finish_rejected(problems, analysis)
         plans = plan(path, sha256, preset, analysis)
-        problems = preflight(preset, validation.probe, plans)
+        problems = plan_rules(preset, plans)
         if problems:
             return finish_rejected(problems, analysis)
         results = [render_cached(path, sha256, preset, rendition, analysis, work_dir, planned)

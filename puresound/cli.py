@@ -23,6 +23,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 # Offline-friendly default for the temporary server; an explicit setting wins.
@@ -87,9 +88,9 @@ def analyze(
     for column in ("file", "verdict", "LUFS", "dBTP", "LRA LU", "class", "reason"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(Path(row["path"]).name, "ok" if row["valid"] else "rejected",
+        table.add_row(escape(Path(row["path"]).name), "ok" if row["valid"] else "rejected",
                       *(("-" if row[k] is None else f"{row[k]:.1f}") for k in ("integrated_lufs", "true_peak_dbtp", "lra_lu")),
-                      row["content_class"] or "-", "; ".join(row["failed_rules"]) or "")
+                      row["content_class"] or "-", escape("; ".join(row["failed_rules"])))
     console.print(table)
 
 
@@ -155,7 +156,13 @@ def run(
     workers: Annotated[int | None, typer.Option("--workers", "-w", min=1, max=32, help="Files at once.")] = None,
 ) -> None:
     """Run a preset's flow: validate, analyse, render, verify, store, record lineage."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     presets = _load_presets()
     if preset not in presets:
@@ -191,7 +198,8 @@ def run(
     for column in ("file", "verdict", "LUFS in", "LUFS out", "dBTP out", "reason"):
         table.add_column(column, overflow="fold")
     for row in preset_flows.summary_rows(report.sources):
-        table.add_row(row["file"], row["verdict"], row["LUFS in"], row["LUFS out"], row["dBTP out"], row["reason"])
+        table.add_row(escape(row["file"]), row["verdict"], row["LUFS in"], row["LUFS out"], row["dBTP out"],
+                      escape(row["reason"]))
     console.print(table)
     where = f"{out_dir.rstrip('/')}/{preset}" if out_dir.startswith("s3://") else Path(out_dir).resolve() / preset
     console.print(f"outputs and report.json under {where}")

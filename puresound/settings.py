@@ -25,11 +25,11 @@ class PureSoundSettings(BaseSettings):
     presets_dir : Path or None
         Folder of user YAML presets (``PURESOUND_PRESETS_DIR``).
     workers : int
+        Files processed at once.
     follow_symlinks : bool
         Read symbolic links inside input folders that lead outside them.
     server_startup_timeout_s : float
         How long ``puresound run`` waits for its temporary Prefect server.
-        Files processed at once.
     s3_endpoint_url, s3_region : str or None
         S3 endpoint (``PURESOUND_S3_ENDPOINT_URL``) and region; credentials always come from
         the standard AWS chain and are never logged or written to reports.

@@ -18,8 +18,9 @@ has a layout PyAV calls ``"6 channels"``, whose channels are all ``NONE``. Such 
 empty or ``None`` name, and names FFmpeg cannot parse get the default of
 :data:`DEFAULT_LAYOUTS` for their channel count: the layout FFmpeg itself assumes
 (``av_channel_layout_default``) and the order of WAVEFORMATEXTENSIBLE's channel mask.
-Beyond 8 channels there is no default: every channel is ``NONE``, treated as a front channel
-(weight 1.0, down-mixed like a centre).
+10 and 12 channels are taken as 5.1.4 and 7.1.4 (immersive layouts in the same order);
+9, 11 and more than 12 have no default: every channel is ``NONE``, treated as a front
+channel (weight 1.0, down-mixed like a centre).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ DownmixMode = Literal["bs775", "legacy"]
 #: Layout assumed for a channel count when the source does not say (FFmpeg's defaults).
 DEFAULT_LAYOUTS: dict[int, str] = {
     1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1",
+    10: "5.1.4", 12: "7.1.4",
 }
 
 #: -3 dB, the BS.775-3 coefficient of the centre and surround channels in a down-mix.

@@ -31,9 +31,9 @@ POSIX only (forkserver, ``resource.RLIMIT_AS``).
 from __future__ import annotations
 
 import io
+import json
 import multiprocessing
 import os
-import pickle
 import resource
 import signal
 import threading
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from .audio import ProbeResult, probe
+from .cancel import check_stop, stop_requested
 from .errors import DecodeTimeoutError, InvalidAudioError
 from .validation import RuleResult, ValidationLimits, ValidationReport, validate_file
 
@@ -127,9 +128,9 @@ def _child(conn: connection.Connection, job: _Job) -> None:
             if job.memory_limit_bytes is not None:
                 inspection = inspection.model_copy(update={
                     "validation": _name_memory_limit(inspection.validation, job.memory_limit_bytes)})
-            # Pickle, not JSON: measurements may be -inf (silence), which JSON cannot carry; the
-            # bytes come from this module's own child, never from the media.
-            message = b"I" + pickle.dumps(inspection, protocol=pickle.HIGHEST_PROTOCOL)
+            # JSON with -Infinity allowed (measurements of silence are -inf); never pickle: a
+            # decoder compromised by hostile media must not get code run in the parent.
+            message = b"I" + json.dumps(inspection.model_dump(mode="python"), allow_nan=True).encode()
         else:
             try:
                 message = b"P" + probe(job.path).model_dump_json().encode()
@@ -232,7 +233,12 @@ def _run(job: _Job, timeout_s: float) -> _Outcome:
         payload: bytes | None = None
         while True:
             remaining = deadline - time.monotonic()
-            ready = connection.wait([receiver, proc.sentinel], timeout=max(0.0, remaining))
+            # Short slices, so that a stop request (SIGTERM) ends the child at once.
+            ready = connection.wait([receiver, proc.sentinel], timeout=min(max(0.0, remaining), 0.25))
+            if not ready and stop_requested():
+                proc.kill()
+                proc.join()
+                check_stop()  # raises Cancelled
             if receiver in ready or (ready and receiver.poll()):
                 try:
                     payload = receiver.recv_bytes()
@@ -309,7 +315,9 @@ def _validate_isolated(path: str | os.PathLike, limits: ValidationLimits | None,
     if outcome.kind == "message" and outcome.payload.startswith(b"R"):
         return ValidationReport.model_validate_json(outcome.payload[1:])
     if outcome.kind == "message" and outcome.payload.startswith(b"I"):
-        return pickle.loads(outcome.payload[1:])  # noqa: S301 - our own child's result
+        from .analysis import Inspection
+
+        return Inspection.model_validate(json.loads(outcome.payload[1:]))
     size = p.stat().st_size if p.is_file() else 0
     size_ok = size <= limits.file_size_max_bytes
     rules = [
@@ -432,3 +440,30 @@ def probe_isolated(
         failure = _failure(outcome, p.name, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes)
     error = DecodeTimeoutError if failure.rule == "decode_timeout" else InvalidAudioError
     raise error(failure.message, rule=failure.rule, path=str(p))
+
+
+def is_transient_failure(report: ValidationReport) -> bool:
+    """Whether a failed isolated validation may say more about the machine than about the file.
+
+    A deadline passed (``decode_timeout``: a busy machine is slow too), a child killed from
+    outside (SIGKILL: the system's out-of-memory killer) or a child that failed outside the
+    decoder ("decoder process failed": e.g. a library that no longer fits in memory) can pass
+    on another try; a decoder that crashed (SIGSEGV) or broke its own memory limit will not.
+    Callers should not cache such a verdict.
+
+    Parameters
+    ----------
+    report : ValidationReport
+
+    Returns
+    -------
+    bool
+    """
+    for rule in report.failures:
+        if rule.rule == "decode_timeout":
+            return True
+        if rule.rule == "decodable" and ("killed by SIGKILL" in rule.message
+                                         or "decoder process failed (" in rule.message):
+            return True
+    return False
+

@@ -2,9 +2,9 @@
 
 * :func:`resolve_encoder`: a rendition's encoder settings for one source (archive
   renditions keep the source's rate, channels and depth);
-* :func:`preflight`: every verdict that can be known before rendering, as validation rule
-  results (``lossless_source`` for archive presets, and the loudness rules of
-  :func:`puresound_core.render.plan_rendition`);
+* :func:`source_rules` and :func:`plan_rules`: every verdict that can be known before
+  rendering, as validation rule results (``lossless_source``, ``source_format``, and the
+  loudness rules of :func:`puresound_core.render.plan_rendition`);
 * :func:`room_tone_warnings`: ACX head / tail room tone, reported.
 """
 
@@ -44,8 +44,10 @@ def resolve_encoder(rendition: Rendition, probe: ProbeResult) -> EncoderSettings
     if not rendition.source_format:
         return rendition.encoder
     depth = 16 if (probe.bit_depth or 24) <= 16 else 24
-    return rendition.encoder.model_copy(update={
-        "sample_rate_hz": probe.sample_rate_hz, "channels": probe.channels, "bit_depth": depth})
+    # Validated, not model_copy: a source the settings cannot hold is an error here, never an
+    # encoder crash later (source_rules rejects such sources before this is called).
+    return EncoderSettings.model_validate({**rendition.encoder.model_dump(), "sample_rate_hz": probe.sample_rate_hz,
+                                           "channels": probe.channels, "bit_depth": depth})
 
 
 def lossless_source_rule(probe: ProbeResult) -> RuleResult:
@@ -106,33 +108,54 @@ def rendition_plans(preset: Preset, path: str, analysis: AnalysisReport) -> list
             for r in preset.renditions]
 
 
-def preflight(preset: Preset, probe: ProbeResult, plans: list[RenditionPlan]) -> list[RuleResult]:
-    """Every failure that can be known before rendering, as rule results.
+def source_rules(preset: Preset, probe: ProbeResult) -> list[RuleResult]:
+    """Failures known from the probe alone, before any planning: the source cannot be delivered as asked.
 
     Parameters
     ----------
     preset : Preset
     probe : ProbeResult
-    plans : list of RenditionPlan
-        From :func:`rendition_plans`.
 
     Returns
     -------
     list of RuleResult
-        Only failed rules, each once (a problem shared by several renditions is named once,
-        with the renditions it concerns); empty when rendering may go ahead.
+        Only failed rules: ``lossless_source`` (archive presets), and ``source_format``
+        when a rendition that keeps the source's format cannot hold it (more than 2 channels).
     """
     failures: list[RuleResult] = []
     if preset.lossless_archive:
         rule = lossless_source_rule(probe)
         if not rule.passed:
             failures.append(rule)
+    keeping = [r.name for r in preset.renditions if r.source_format]
+    if keeping and probe.channels > 2 and not failures:
+        failures.append(RuleResult(
+            rule="source_format", passed=False, measured=probe.channels, limit=2,
+            message=f"{Path(probe.path).name}: rule 'source_format' failed: renditions {', '.join(keeping)} keep the "
+                    f"source's channels, {probe.channels} > 2"))
+    return failures
+
+
+def plan_rules(preset: Preset, plans: list[RenditionPlan]) -> list[RuleResult]:
+    """The problems of :func:`rendition_plans`, as rule results (each rule once, naming its renditions).
+
+    Parameters
+    ----------
+    preset : Preset
+    plans : list of RenditionPlan
+
+    Returns
+    -------
+    list of RuleResult
+        Only failed rules (``loudness_measurable``, ``gain_max``, ``max_gain_reduction``).
+    """
     seen: dict[str, list[str]] = {}
     first: dict[str, object] = {}
     for rendition, plan in zip(preset.renditions, plans, strict=True):
         for problem in plan.problems:
             seen.setdefault(problem.rule, []).append(rendition.name)
             first.setdefault(problem.rule, problem)
+    failures = []
     for rule, names in seen.items():
         problem = first[rule]
         failures.append(RuleResult(rule=rule, passed=False, measured=problem.measured, limit=problem.limit,

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import math
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,12 +37,7 @@ from pydantic import BaseModel, ConfigDict
 from .analysis import AnalysisReport, ContentAnalyzer
 from .audio import EncodeResult, EncoderSettings, encode_blocks, iter_blocks, probe
 from .cancel import stoppable
-from .gain_tags import (
-    R128_REFERENCE_LUFS,
-    REPLAYGAIN_REFERENCE_LUFS,
-    gain_tags,
-    write_tags,
-)
+from .gain_tags import R128_REFERENCE_LUFS, REPLAYGAIN_REFERENCE_LUFS, gain_tags, write_tags
 from .loudness import LoudnessMeter, LoudnessReport, LoudnessSeries
 from .processing import ProcessingPlan, ProcessingStats, process_blocks
 from .specs import LoudnessTarget
@@ -632,8 +628,9 @@ def _retry_update(plan: ProcessingPlan, aim: float | None, verification: Verific
     return update, aim, reasons
 
 
-def _attempt_path(out: Path, attempt: int) -> Path:
-    return out.parent / f".{out.name}.attempt{attempt}"
+def _attempt_path(out: Path, token: str, attempt: int) -> Path:
+    """A hidden file beside ``out`` for one attempt, unique to this render (``token``)."""
+    return out.parent / f".{out.name}.{token}.attempt{attempt}"
 
 
 def render_rendition(
@@ -713,10 +710,11 @@ def render_rendition(
     carried = {k: v for k, v in tags.items() if k in ("title", "artist", "album", "date")}
     reasons: list[str] = []
     tried: list[tuple[float, int, Path, ProcessingPlan, ProcessingStats, EncodeResult, VerificationReport]] = []
+    token = uuid.uuid4().hex[:12]  # two processes rendering the same rendition never share attempt files
     try:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             stats: list[ProcessingStats] = []
-            path = _attempt_path(out, attempt)
+            path = _attempt_path(out, token, attempt)
             encoded = encode_blocks(process_blocks(stoppable(iter_blocks(source)), sample_rate_hz=src_rate,
                                                    plan=plan, stats_out=stats), path, settings=settings, tags=carried)
             verification = verify_rendition(path, settings=settings, target=target, name=out.name,
@@ -754,7 +752,7 @@ def render_rendition(
         os.replace(path, out)
     finally:
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            _attempt_path(out, attempt).unlink(missing_ok=True)
+            _attempt_path(out, token, attempt).unlink(missing_ok=True)
     encoded = encoded.model_copy(update={"path": str(out), "size_bytes": out.stat().st_size})
     verification = verification.model_copy(update={"path": str(out)})
     return RenditionResult(path=str(out), settings=settings, plan=plan, processing=processing,

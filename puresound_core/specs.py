@@ -48,7 +48,7 @@ class EncoderSettings(BaseModel):
     FFmpeg codecs documentation (libmp3lame, aac, libopus, flac); RFC 7845 (Ogg Opus).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     codec: Codec
     bitrate_kbps: int | None = Field(default=None, gt=0, le=640)
@@ -103,7 +103,7 @@ class ValidationLimits(BaseModel):
         decode (benign messages excluded).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     duration_min_s: float = Field(default=1.0, ge=0, description="Shortest accepted programme (s)")
     duration_max_s: float = Field(default=6 * 3600.0, gt=0, description="Longest accepted programme (s)")
@@ -153,7 +153,7 @@ class LoudnessTarget(BaseModel):
     (-16 LUFS, -1 dBTP); FFmpeg ebur128 filter ``dualmono`` option; libebur128 ``EBUR128_DUAL_MONO``.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     target_lufs: float | None = Field(default=None, le=0)
     tolerance_lu: float = Field(default=1.0, gt=0)

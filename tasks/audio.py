@@ -18,7 +18,8 @@ import puresound_core
 from puresound.settings import PureSoundSettings
 from puresound_core.analysis import AnalysisReport, Inspection
 from puresound_core.audio import FFMPEG_VERSION
-from puresound_core.isolation import inspect_isolated
+from puresound_core.errors import PureSoundError
+from puresound_core.isolation import inspect_isolated, is_transient_failure
 from puresound_core.policy import rendition_plans, resolve_encoder
 from puresound_core.presets import Preset, Rendition
 from puresound_core.render import RenditionPlan, RenditionResult, bit_exact_check, render_rendition
@@ -109,7 +110,22 @@ def fingerprint(path: str) -> str:
     return sha256_file(path)
 
 
-@task(name="inspect", task_run_name=_named("inspect"), cache_key_fn=_inspect_key, persist_result=True)
+class TransientInspectionError(PureSoundError):
+    """The isolated decode failed in a way the machine may have caused (see ``is_transient_failure``).
+
+    Raised so that the verdict is not cached; ``inspection`` holds the failed report.
+    """
+
+    def __init__(self, inspection: Inspection):
+        self.inspection = inspection
+        super().__init__("; ".join(r.message for r in inspection.validation.failures))
+
+    def __reduce__(self):  # Prefect persists a failed task's exception: rebuild it from its inspection
+        return (type(self), (self.inspection,))
+
+
+@task(name="inspect", task_run_name=_named("inspect"), cache_key_fn=_inspect_key, persist_result=True,
+      retries=1, retry_delay_seconds=1)
 def inspect(path: str, sha256: str, limits: ValidationLimits) -> Inspection:
     """Every validation rule and the analysis of one file, in one decode in an isolated child process.
 
@@ -128,13 +144,23 @@ def inspect(path: str, sha256: str, limits: ValidationLimits) -> Inspection:
     Returns
     -------
     Inspection
-        ``analysis`` is ``None`` when a rule failed. Never raises for bad input.
+        ``analysis`` is ``None`` when a rule failed.
+
+    Raises
+    ------
+    TransientInspectionError
+        When the child timed out, was killed from outside or failed outside the decoder:
+        such a verdict is not cached, and the task is tried once more.
     """
-    return inspect_isolated(path, limits)
+    result = inspect_isolated(path, limits)
+    if is_transient_failure(result.validation):
+        raise TransientInspectionError(result)
+    return result
 
 
 def _plan_key(_: TaskRunContext, p: dict) -> str:
-    return _digest("plan", p["sha256"], p["preset"].name, p["preset"].version, p["preset"].fingerprint, CODE_VERSION)
+    return _digest("plan", p["sha256"], Path(p["path"]).name, p["preset"].name, p["preset"].version,
+                   p["preset"].fingerprint, CODE_VERSION)  # plan problems name the file
 
 
 @task(name="plan-renditions", task_run_name=_named("plan"), cache_key_fn=_plan_key, persist_result=True)

@@ -36,3 +36,11 @@ def test_analyze_rejects_bad_input_with_rules_and_exit_0(corpus):
 def test_missing_path_is_a_usage_error():
     result = CliRunner().invoke(app, ["analyze", "/no/such/file.wav"])
     assert result.exit_code == 2
+
+
+def test_file_names_are_printed_as_they_are_not_as_markup(tmp_path):
+    weird = tmp_path / "[bold]final.ogg"  # rich would print "final.ogg" in bold
+    weird.write_bytes((EXAMPLES / "tuxtype__tuxi.ogg").read_bytes())
+    result = CliRunner().invoke(app, ["analyze", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "[bold]final" in result.output.replace("\n", "")

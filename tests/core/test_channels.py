@@ -35,11 +35,11 @@ def test_unspecified_six_channels_default_to_5_1(layout):
     assert channel_names(6, layout) == ("FL", "FR", "FC", "LFE", "BL", "BR")
 
 
-def test_every_default_layout_has_its_channel_count_and_beyond_8_all_are_front():
+def test_every_default_layout_has_its_channel_count_and_other_counts_are_all_front():
     for count, name in DEFAULT_LAYOUTS.items():
         assert len(channel_names(count, None)) == count == av.AudioLayout(name).nb_channels
-    assert channel_names(10, None) == ("NONE",) * 10
-    np.testing.assert_array_equal(bs1770_weights(channel_names(10, None)), np.ones(10))
+    assert channel_names(11, None) == ("NONE",) * 11
+    np.testing.assert_array_equal(bs1770_weights(channel_names(11, None)), np.ones(11))
 
 
 def test_a_wav_without_channel_mask_is_reported_as_unspecified_and_gets_the_default(tmp_path):
@@ -95,3 +95,12 @@ def test_trivial_matrices_and_legacy_mode():
     np.testing.assert_array_equal(downmix_matrix(names, 2, mode="legacy"), [[1, 0, 0, 0, 0, 0]] * 2)
     with pytest.raises(ValueError, match="out_channels"):
         downmix_matrix(names, 6)
+
+
+def test_ten_and_twelve_channels_without_a_layout_are_immersive_layouts():
+    from puresound_core.channels import bs1770_weights, channel_names
+
+    names = channel_names(12, None)
+    assert names[3] == "LFE" and names[-4:] == ("TFL", "TFR", "TBL", "TBR")
+    assert bs1770_weights(names)[3] == 0.0
+    assert channel_names(10, "10 channels")[3] == "LFE"

@@ -125,3 +125,29 @@ def test_sigterm_stops_the_run_cleanly(puresound_env, prefect_server):
     with sqlite3.connect(puresound_env / "state" / "lineage.sqlite") as db:
         statuses = [row[0] for row in db.execute("select status from runs")]
     assert statuses == ["cancelled"]
+
+
+def test_a_verdict_the_machine_may_have_caused_is_not_cached(puresound_env, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    presets = puresound_env / "presets"
+    presets.mkdir()
+    (presets / "hasty.yaml").write_text(
+        "name: hasty\nversion: '1'\nvalidation: {decode_timeout_s: 0.000001}\n"
+        "loudness: {target_lufs: -16}\n"
+        "renditions:\n  - name: mp3\n    encoder: {codec: mp3, bitrate_kbps: 128, sample_rate_hz: 44100}\n")
+    monkeypatch.setenv("PURESOUND_PRESETS_DIR", str(presets))
+    src = puresound_env / "in"
+    src.mkdir()
+    write_wav(src / "slow.wav", pink_noise(3, 44100, level_dbfs=-24), 44100)
+    out = puresound_env / "out"
+    for _ in range(2):
+        assert _run("hasty", str(src), "--output", str(out)).exit_code == 0
+        source = _batch(out, "hasty")["sources"][0]
+        assert source["verdict"] == "rejected" and "decode_timeout" in source["failed_rules"], source
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[_batch(out, "hasty")["flow_run_id"]])))
+        inspect_states = [r.state.name for r in runs if r.name.startswith("inspect ") and r.state is not None]
+        assert inspect_states and "Cached" not in inspect_states, inspect_states
