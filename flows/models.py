@@ -77,7 +77,19 @@ class BatchReport(BaseModel):
 
 
 def display_name(path: str) -> str:
-    """A path as text that can always be printed and stored (undecodable bytes as ``\\xNN``)."""
+    """A path as text that can always be printed and stored.
+
+    Parameters
+    ----------
+    path : str
+        As the OS names it; bytes that are not UTF-8 arrive as surrogate escapes
+        (:func:`os.fsdecode`).
+
+    Returns
+    -------
+    str
+        Valid UTF-8; each undecodable byte written as ``\\xNN`` (``caf\\xe9.wav``).
+    """
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 

@@ -122,19 +122,15 @@ def _prefect_api(settings):
         yield
         return
     try:
-        server = embedded_server(startup_timeout_s=settings.server_startup_timeout_s)
-        url = server.__enter__()
-    except EmbeddedServerError as err:
-        console.print(f"[red]cannot start Prefect:[/red] {err}")
-        raise typer.Exit(1) from None
-    try:
-        with temporary_settings({PREFECT_API_URL: url}):
+        with embedded_server(startup_timeout_s=settings.server_startup_timeout_s) as url, \
+                temporary_settings({PREFECT_API_URL: url}):
             try:
                 yield
             finally:
                 _flush_to_api()  # logs and events reach the server before it stops
-    finally:
-        server.__exit__(None, None, None)
+    except EmbeddedServerError as err:  # raised only while the server starts
+        console.print(f"[red]cannot start Prefect:[/red] {escape(str(err))}")
+        raise typer.Exit(1) from None
 
 
 def _flush_to_api() -> None:

@@ -363,13 +363,28 @@ def analyze_blocks(
     ----------
     ITU-R BS.1770-4; EBU Tech 3341, 3342; see :class:`ContentAnalyzer`.
     """
-    meter = LoudnessMeter(sample_rate_hz=sample_rate_hz, channels=channels, layout=layout)
-    content = ContentAnalyzer(sample_rate_hz=sample_rate_hz, channels=channels,
-                              silence_threshold_dbfs=silence_threshold_dbfs)
+    analyzer = _Analyzer(sample_rate_hz=sample_rate_hz, channels=channels, layout=layout,
+                         silence_threshold_dbfs=silence_threshold_dbfs)
     for block in blocks:
-        meter.process(block)      # checks finiteness first
-        content.process(block)
-    return AnalysisReport(loudness=meter.report(), content=content.report(), series=meter.series())
+        analyzer.process(block)
+    return analyzer.report()
+
+
+class _Analyzer:
+    """The loudness meter and the content analyser fed together: what an analysis pass runs."""
+
+    def __init__(self, *, sample_rate_hz: int, channels: int, layout: str | None, silence_threshold_dbfs: float):
+        self.meter = LoudnessMeter(sample_rate_hz=sample_rate_hz, channels=channels, layout=layout)
+        self.content = ContentAnalyzer(sample_rate_hz=sample_rate_hz, channels=channels,
+                                       silence_threshold_dbfs=silence_threshold_dbfs)
+
+    def process(self, block: np.ndarray) -> None:
+        self.meter.process(block)  # checks finiteness first
+        self.content.process(block)
+
+    def report(self, probe: ProbeResult | None = None) -> AnalysisReport:
+        return AnalysisReport(loudness=self.meter.report(), content=self.content.report(), probe=probe,
+                              series=self.meter.series())
 
 
 class Inspection(BaseModel):
@@ -410,24 +425,15 @@ def inspect_file(path, limits: ValidationLimits | None = None, *,
     state: dict = {}
 
     def observe(info: ProbeResult):
-        meter = LoudnessMeter(sample_rate_hz=info.sample_rate_hz, channels=info.channels,
-                              layout=info.channel_layout)
-        content = ContentAnalyzer(sample_rate_hz=info.sample_rate_hz, channels=info.channels,
-                                  silence_threshold_dbfs=silence_threshold_dbfs)
-        state.update(meter=meter, content=content, probe=info)
-
-        def sink(block: np.ndarray) -> None:
-            meter.process(block)  # checks finiteness first
-            content.process(block)
-        return sink
+        state["probe"] = info
+        state["analyzer"] = _Analyzer(sample_rate_hz=info.sample_rate_hz, channels=info.channels,
+                                      layout=info.channel_layout, silence_threshold_dbfs=silence_threshold_dbfs)
+        return state["analyzer"].process
 
     validation = validate_file(path, limits, observe=observe)
-    if not validation.passed or "meter" not in state:
+    if not validation.passed or "analyzer" not in state:
         return Inspection(validation=validation)
-    meter = state["meter"]
-    analysis = AnalysisReport(loudness=meter.report(), content=state["content"].report(), probe=state["probe"],
-                              series=meter.series())
-    return Inspection(validation=validation, analysis=analysis)
+    return Inspection(validation=validation, analysis=state["analyzer"].report(state["probe"]))
 
 
 def analyze_file(path, *, timeout_s: float | None = None, silence_threshold_dbfs: float = -60.0) -> AnalysisReport:
@@ -451,8 +457,9 @@ def analyze_file(path, *, timeout_s: float | None = None, silence_threshold_dbfs
         When the file cannot be decoded, or holds NaN / inf.
     """
     info = probe(path)
-    report = analyze_blocks(iter_blocks(path, timeout_s=timeout_s), sample_rate_hz=info.sample_rate_hz,
-                            channels=info.channels, layout=info.channel_layout,
-                            silence_threshold_dbfs=silence_threshold_dbfs)
-    return report.model_copy(update={"probe": info})
+    analyzer = _Analyzer(sample_rate_hz=info.sample_rate_hz, channels=info.channels, layout=info.channel_layout,
+                         silence_threshold_dbfs=silence_threshold_dbfs)
+    for block in iter_blocks(path, timeout_s=timeout_s, stream_index=info.stream_index):
+        analyzer.process(block)
+    return analyzer.report(info)
 

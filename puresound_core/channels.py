@@ -152,12 +152,42 @@ def channel_names(channels: int, layout: str | None = None) -> tuple[str, ...]:
 
 
 def is_lfe(name: str) -> bool:
-    """True for a low-frequency effects channel (``LFE``, ``LFE2``, ``LOW_FREQUENCY``...)."""
+    """Whether a channel is a low-frequency effects channel.
+
+    Parameters
+    ----------
+    name : str
+        FFmpeg / PyAV channel name, any case (``LFE``, ``LFE2``, ``LOW_FREQUENCY``...).
+
+    Returns
+    -------
+    bool
+        True for LFE channels, which BS.1770-4 excludes (weight 0) and BS.775 drops.
+
+    References
+    ----------
+    ITU-R BS.1770-4 Table 3; ITU-R BS.775-3.
+    """
     return name.upper() in _LFE
 
 
 def is_surround(name: str) -> bool:
-    """True for a side / back surround at ear height (``SL SR BL BR BC SDL SDR`` and long forms)."""
+    """Whether a channel is a side / back surround at ear height.
+
+    Parameters
+    ----------
+    name : str
+        FFmpeg / PyAV channel name, any case (``SL SR BL BR BC SDL SDR`` and long forms).
+
+    Returns
+    -------
+    bool
+        True for the channels BS.1770-4 weights 1.41 (+1.5 dB).
+
+    References
+    ----------
+    ITU-R BS.1770-4 Table 3 (surrounds at 60-120 degrees azimuth); FFmpeg ebur128 ``BACK_MASK``.
+    """
     return name.upper() in _SURROUND
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 from .errors import EncodingError
@@ -60,11 +58,12 @@ def gain_tags(codec: str, *, integrated_lufs: float | None, true_peak_dbtp: floa
 
 
 def write_tags(path: str | os.PathLike, tags: dict[str, str], *, codec: str) -> None:
-    """Add tags to an encoded file without touching its audio, atomically.
+    """Add tags to an encoded file in place, without touching its audio.
 
-    The file is copied beside itself, tagged with mutagen (ID3v2 ``TXXX`` frames for MP3 and
-    WAV, Vorbis comments for Opus and FLAC, freeform iTunes atoms for M4A) and renamed over
-    the original, so a reader sees the old or the new file, never a half-written one.
+    mutagen rewrites the tag block only: ID3v2 ``TXXX`` frames for MP3 and WAV, Vorbis
+    comments for Opus and FLAC, freeform iTunes atoms for M4A. The edit is not atomic: call
+    it on a file nobody reads yet (``render_rendition`` tags its hidden attempt file before
+    renaming it into place), so that no second copy of the audio is written.
 
     Parameters
     ----------
@@ -87,15 +86,13 @@ def write_tags(path: str | os.PathLike, tags: dict[str, str], *, codec: str) -> 
     from mutagen.id3 import TXXX
 
     target = Path(path)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.part"
-    shutil.copyfile(target, tmp)
     try:
         if codec in ("mp3", "wav"):
             if codec == "mp3":
                 from mutagen.mp3 import MP3 as Kind
             else:
                 from mutagen.wave import WAVE as Kind
-            audio = Kind(tmp)
+            audio = Kind(target)
             if audio.tags is None:
                 audio.add_tags()
             for key, value in tags.items():
@@ -103,13 +100,13 @@ def write_tags(path: str | os.PathLike, tags: dict[str, str], *, codec: str) -> 
         elif codec == "aac":
             from mutagen.mp4 import MP4, MP4FreeForm
 
-            audio = MP4(tmp)
+            audio = MP4(target)
             if audio.tags is None:
                 audio.add_tags()
             for key, value in tags.items():
                 audio.tags[f"----:com.apple.iTunes:{key}"] = [MP4FreeForm(value.encode())]
         else:  # opus, flac: Vorbis comments
-            audio = mutagen.File(tmp)
+            audio = mutagen.File(target)
             if audio is None:
                 raise EncodingError(f"{target.name}: mutagen does not recognise the file")
             if audio.tags is None:
@@ -117,10 +114,7 @@ def write_tags(path: str | os.PathLike, tags: dict[str, str], *, codec: str) -> 
             for key, value in tags.items():
                 audio.tags[key] = value
         audio.save()
-        os.replace(tmp, target)
     except EncodingError:
-        tmp.unlink(missing_ok=True)
         raise
     except Exception as err:  # mutagen raises its own MutagenError subclasses and OSError
-        tmp.unlink(missing_ok=True)
         raise EncodingError(f"{target.name}: cannot write gain tags ({type(err).__name__}: {err})") from err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -12,20 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from puresound.cli import app
 from tests.conftest import pink_noise, sine, write_wav
-
-runner = CliRunner()
-
-
-def _run(*args: str):
-    return runner.invoke(app, ["run", *args], catch_exceptions=False)
-
-
-def _batch(out: Path, preset: str) -> dict:
-    return json.loads((out / preset / "report.json").read_text())
+from tests.flows.helpers import add_user_preset, batch_report, run_cli
 
 
 def test_links_out_of_the_input_folder_are_rejected_unread(puresound_env):
@@ -37,8 +25,8 @@ def test_links_out_of_the_input_folder_are_rejected_unread(puresound_env):
     os.symlink(secret, src / "link-out.wav")
     os.symlink(src / "episode.wav", src / "link-in.wav")
     out = puresound_env / "out"
-    assert _run("voice", str(src), "--output", str(out)).exit_code == 0
-    by_name = {Path(s["path"]).name: s for s in _batch(out, "voice")["sources"]}
+    assert run_cli("voice", str(src), "--output", str(out)).exit_code == 0
+    by_name = {Path(s["path"]).name: s for s in batch_report(out, "voice")["sources"]}
     assert by_name["link-out.wav"]["verdict"] == "rejected"
     assert by_name["link-out.wav"]["failed_rules"] == ["symlink"]
     assert by_name["link-out.wav"]["sha256"] is None  # never read
@@ -52,8 +40,8 @@ def test_an_output_folder_inside_the_input_never_feeds_the_next_run(puresound_en
     write_wav(src / "episode.wav", pink_noise(3, 44100, level_dbfs=-24), 44100)
     out = src / "published"
     for _ in range(2):
-        assert _run("podcast", str(src), "--output", str(out)).exit_code == 0
-        batch = _batch(out, "podcast")
+        assert run_cli("podcast", str(src), "--output", str(out)).exit_code == 0
+        batch = batch_report(out, "podcast")
         assert [Path(s["path"]).name for s in batch["sources"]] == ["episode.wav"]
     assert batch["counts"]["published"] == 1
     assert len(list(out.rglob("*.mp3"))) == len(list(out.rglob("*.opus"))) == 1
@@ -67,8 +55,8 @@ def test_a_file_name_that_is_not_utf8_is_processed_and_named(puresound_env):
     os.rename(os.fsencode(src / "tmp.wav"), os.fsencode(src) + b"/caf\xe9-news.wav")
     write_wav(src / "plain.wav", pink_noise(3, 44100, level_dbfs=-24, seed=9), 44100)
     out = puresound_env / "out"
-    assert _run("voice", str(src), "--output", str(out)).exit_code == 0
-    batch = _batch(out, "voice")
+    assert run_cli("voice", str(src), "--output", str(out)).exit_code == 0
+    batch = batch_report(out, "voice")
     assert batch["counts"]["published"] == 2
     names = sorted(Path(s["path"]).name for s in batch["sources"])
     assert names == ["caf\\xe9-news.wav", "plain.wav"]
@@ -81,8 +69,8 @@ def test_what_cannot_pass_is_rejected_before_rendering(puresound_env):
     write_wav(src / "float_master.wav", pink_noise(4, 48000, level_dbfs=-20), 48000, subtype="FLOAT")
     write_wav(src / "pcm_master.wav", pink_noise(4, 48000, level_dbfs=-20, seed=2), 48000, subtype="PCM_24")
     out = puresound_env / "out"
-    assert _run("archive-flac", str(src), "--output", str(out)).exit_code == 0
-    by_name = {Path(s["path"]).name: s for s in _batch(out, "archive-flac")["sources"]}
+    assert run_cli("archive-flac", str(src), "--output", str(out)).exit_code == 0
+    by_name = {Path(s["path"]).name: s for s in batch_report(out, "archive-flac")["sources"]}
     assert by_name["pcm_master.wav"]["verdict"] == "published"
     assert by_name["float_master.wav"]["verdict"] == "rejected"
     assert by_name["float_master.wav"]["failed_rules"] == ["lossless_source"]
@@ -92,8 +80,8 @@ def test_what_cannot_pass_is_rejected_before_rendering(puresound_env):
     quiet = puresound_env / "quiet"
     quiet.mkdir()
     write_wav(quiet / "tone-85dbfs.wav", sine(-85, 10, 48000), 48000, subtype="PCM_24")
-    assert _run("podcast", str(quiet), "--output", str(out)).exit_code == 0
-    source = _batch(out, "podcast")["sources"][0]
+    assert run_cli("podcast", str(quiet), "--output", str(out)).exit_code == 0
+    source = batch_report(out, "podcast")["sources"][0]
     assert source["verdict"] == "rejected" and source["failed_rules"] == ["loudness_measurable"]
 
 
@@ -119,7 +107,7 @@ def test_sigterm_stops_the_run_cleanly(puresound_env, prefect_server):
     output = proc.communicate(timeout=120)[0].decode(errors="replace")
     assert proc.returncode == 1, output
     assert not [p for p in renders.rglob("*") if p.is_file()], "partial renders left in the work area"
-    batch = _batch(out, "podcast")
+    batch = batch_report(out, "podcast")
     assert batch["stopped"] and batch["sources"][0]["verdict"] == "failed"
     assert "SIGTERM" in batch["sources"][0]["reason"]
     with sqlite3.connect(puresound_env / "state" / "lineage.sqlite") as db:
@@ -131,23 +119,19 @@ def test_a_verdict_the_machine_may_have_caused_is_not_cached(puresound_env, monk
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    presets = puresound_env / "presets"
-    presets.mkdir()
-    (presets / "hasty.yaml").write_text(
-        "name: hasty\nversion: '1'\nvalidation: {decode_timeout_s: 0.000001}\n"
-        "loudness: {target_lufs: -16}\n"
-        "renditions:\n  - name: mp3\n    encoder: {codec: mp3, bitrate_kbps: 128, sample_rate_hz: 44100}\n")
-    monkeypatch.setenv("PURESOUND_PRESETS_DIR", str(presets))
+    add_user_preset(monkeypatch, puresound_env / "presets", "hasty",
+                    "validation: {decode_timeout_s: 0.000001}\nloudness: {target_lufs: -16}\n"
+                    "renditions:\n  - name: mp3\n    encoder: {codec: mp3, bitrate_kbps: 128, sample_rate_hz: 44100}\n")
     src = puresound_env / "in"
     src.mkdir()
     write_wav(src / "slow.wav", pink_noise(3, 44100, level_dbfs=-24), 44100)
     out = puresound_env / "out"
     for _ in range(2):
-        assert _run("hasty", str(src), "--output", str(out)).exit_code == 0
-        source = _batch(out, "hasty")["sources"][0]
+        assert run_cli("hasty", str(src), "--output", str(out)).exit_code == 0
+        source = batch_report(out, "hasty")["sources"][0]
         assert source["verdict"] == "rejected" and "decode_timeout" in source["failed_rules"], source
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[_batch(out, "hasty")["flow_run_id"]])))
+                id=FlowRunFilterId(any_=[batch_report(out, "hasty")["flow_run_id"]])))
         inspect_states = [r.state.name for r in runs if r.name.startswith("inspect ") and r.state is not None]
         assert inspect_states and "Cached" not in inspect_states, inspect_states

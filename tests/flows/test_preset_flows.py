@@ -12,22 +12,12 @@ import pytest
 import scipy.signal
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from typer.testing import CliRunner
-
 from puresound.cli import app
 from puresound_core.audio import decode
 from tests.conftest import pink_noise, write_wav
+from tests.flows.helpers import add_user_preset, batch_report, run_cli, runner
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-runner = CliRunner()
-
-
-def _run(*args: str):
-    return runner.invoke(app, ["run", *args], catch_exceptions=False)
-
-
-def _batch(out: Path, preset: str) -> dict:
-    return json.loads((out / preset / "report.json").read_text())
 
 
 def _independent_true_peak_dbtp(audio: np.ndarray) -> float:
@@ -38,9 +28,9 @@ def _independent_true_peak_dbtp(audio: np.ndarray) -> float:
 @pytest.mark.slow
 def test_podcast_over_the_corpus_publishes_compliant_renditions(puresound_env, corpus):
     out = puresound_env / "out"
-    result = _run("podcast", str(corpus / "music"), str(corpus / "speech"), "--output", str(out), "--workers", "2")
+    result = run_cli("podcast", str(corpus / "music"), str(corpus / "speech"), "--output", str(out), "--workers", "2")
     assert result.exit_code == 0, result.output
-    batch = _batch(out, "podcast")
+    batch = batch_report(out, "podcast")
     assert batch["counts"]["published"] == len(batch["sources"]) >= 15
     published = [r for s in batch["sources"] for r in s["renditions"]]
     assert len(published) == 2 * len(batch["sources"])
@@ -61,9 +51,9 @@ def test_podcast_over_the_corpus_publishes_compliant_renditions(puresound_env, c
 
 def test_bad_corpus_every_file_has_a_verdict_and_nothing_rejected_is_published(puresound_env, corpus):
     out = puresound_env / "out"
-    result = _run("podcast", str(corpus / "bad"), "--output", str(out))
+    result = run_cli("podcast", str(corpus / "bad"), "--output", str(out))
     assert result.exit_code == 0, result.output
-    batch = _batch(out, "podcast")
+    batch = batch_report(out, "podcast")
     by_name = {Path(s["path"]).name: s for s in batch["sources"]}
     assert set(by_name) == {p.name for p in (corpus / "bad").iterdir()}
     for name, source in by_name.items():
@@ -95,10 +85,10 @@ def _task_run_states(flow_run_id: str, timeout_s: float = 30.0) -> dict[str, lis
 
 def test_second_run_does_no_audio_work_and_writes_nothing_new(puresound_env):
     out = puresound_env / "out"
-    assert _run("podcast", str(EXAMPLES), "--output", str(out)).exit_code == 0
+    assert run_cli("podcast", str(EXAMPLES), "--output", str(out)).exit_code == 0
     first = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")}
-    assert _run("podcast", str(EXAMPLES), "--output", str(out)).exit_code == 0
-    states = _task_run_states(_batch(out, "podcast")["flow_run_id"])
+    assert run_cli("podcast", str(EXAMPLES), "--output", str(out)).exit_code == 0
+    states = _task_run_states(batch_report(out, "podcast")["flow_run_id"])
     for name in ("inspect", "plan", "render"):
         assert states[name] and set(states[name]) == {"Cached"}, (name, states[name])
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")} == first
@@ -106,30 +96,26 @@ def test_second_run_does_no_audio_work_and_writes_nothing_new(puresound_env):
 
 def test_rendition_failing_verification_fails_the_run_and_names_the_file(puresound_env, monkeypatch):
     # A noise floor under -100 dBFS cannot be met by noise: verification fails after rendering.
-    presets = puresound_env / "presets"
-    presets.mkdir()
-    (presets / "strict.yaml").write_text(
-        "name: strict\nversion: '1'\n"
-        "loudness: {target_lufs: -16, tolerance_lu: 1, ceiling_dbtp: -1, noise_floor_max_dbfs: -100}\n"
-        "renditions:\n  - name: mp3\n    encoder: {codec: mp3, bitrate_kbps: 128, sample_rate_hz: 44100}\n")
-    monkeypatch.setenv("PURESOUND_PRESETS_DIR", str(presets))
+    add_user_preset(monkeypatch, puresound_env / "presets", "strict",
+                    "loudness: {target_lufs: -16, tolerance_lu: 1, ceiling_dbtp: -1, noise_floor_max_dbfs: -100}\n"
+                    "renditions:\n  - name: mp3\n    encoder: {codec: mp3, bitrate_kbps: 128, sample_rate_hz: 44100}\n")
     src = puresound_env / "in"
     src.mkdir()
     write_wav(src / "hiss.wav", pink_noise(4, 44100, level_dbfs=-20), 44100)
     out = puresound_env / "out"
-    result = _run("strict", str(src), "--output", str(out))
+    result = run_cli("strict", str(src), "--output", str(out))
     assert result.exit_code == 1
-    source = _batch(out, "strict")["sources"][0]
+    source = batch_report(out, "strict")["sources"][0]
     assert source["verdict"] == "failed" and "noise floor" in source["reason"] and "hiss" in source["reason"]
     assert not list((out / "strict").glob("hiss-*/*.mp3"))
     with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(_batch(out, "strict")["flow_run_id"])
+        flow_run = client.read_flow_run(batch_report(out, "strict")["flow_run_id"])
     assert flow_run.state.is_failed() and "hiss.wav" in flow_run.state.message
 
 
 def test_lineage_from_rendition_back_to_source_and_forward(puresound_env):
     out = puresound_env / "out"
-    assert _run("voice", str(EXAMPLES / "en-US_espeak-ng_news-bulletin.flac"), "--output", str(out)).exit_code == 0
+    assert run_cli("voice", str(EXAMPLES / "en-US_espeak-ng_news-bulletin.flac"), "--output", str(out)).exit_code == 0
     rendition = next(out.rglob("*.opus"))
     back = json.loads(runner.invoke(app, ["lineage", "--json", str(rendition)]).output)
     assert back["matched"] == "rendition"
@@ -137,7 +123,7 @@ def test_lineage_from_rendition_back_to_source_and_forward(puresound_env):
     forward = json.loads(runner.invoke(app, ["lineage", "--json", str(EXAMPLES / "en-US_espeak-ng_news-bulletin.flac")]).output)
     assert forward["matched"] == "source"
     assert [(r["preset"], r["rendition"]) for r in forward["renditions"]] == [("voice", "opus-32k-mono")]
-    assert forward["renditions"][0]["flow_run_id"] == _batch(out, "voice")["flow_run_id"]
+    assert forward["renditions"][0]["flow_run_id"] == batch_report(out, "voice")["flow_run_id"]
     # The orchestrator recorded the same lineage as an asset materialisation event.
     source_uri = (EXAMPLES / "en-US_espeak-ng_news-bulletin.flac").resolve().as_uri()
     event = _wait_for_materialization(rendition.resolve().as_uri())
@@ -173,9 +159,9 @@ def test_a_run_can_be_followed_logs_artifacts_and_report_html(puresound_env, cor
     (src / "tuxi.ogg").write_bytes((EXAMPLES / "tuxtype__tuxi.ogg").read_bytes())
     (src / "cut.wav").write_bytes((corpus / "bad" / "truncated_half.wav").read_bytes())
     out = puresound_env / "out"
-    result = _run("podcast", str(src), "--output", str(out))
+    result = run_cli("podcast", str(src), "--output", str(out))
     assert result.exit_code == 0, result.output
-    batch = _batch(out, "podcast")
+    batch = batch_report(out, "podcast")
     page = (out / "podcast" / "report.html").read_text()
     assert page.count("<svg") == 1  # the published file's plot; the cut one was rejected before analysis
     assert "WAV data chunk declares" in page  # the reason with its measured values
