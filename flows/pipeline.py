@@ -173,8 +173,7 @@ def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir:
         problems = plan_rules(preset, plans)
         if problems:
             return finish_rejected(problems, analysis)
-        results = [render_cached(path, sha256, preset, rendition, analysis, work_dir, planned)
-                   for rendition, planned in zip(preset.renditions, plans, strict=True)]
+        results = render_cached(path, sha256, preset, analysis, work_dir, plans)
         verified = all(r.verification.passed for r in results)
         summaries: list[RenditionSummary] = []
         lineage_rows: list[dict] = []

@@ -18,9 +18,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 import av
 import av.logging
@@ -715,6 +715,153 @@ def _quantize(block: np.ndarray, bit_depth: int) -> np.ndarray:
     return (np.clip(np.round(block * scale), -scale, scale - 1) / scale).astype(np.float32)
 
 
+class Encoder:
+    """Encode a block stream to a file, block by block, atomically (temporary file + rename).
+
+    Push form of :func:`encode_blocks`: one decoded stream can feed several encoders in the
+    same pass. Use as a context manager, or call :meth:`close` (success) / :meth:`abort`.
+    Output is deterministic: the same samples and settings give the same bytes (FFmpeg's
+    ``bitexact`` flag: a fixed Ogg stream serial, no version strings or creation times).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Final file; it appears only when :meth:`close` succeeds.
+    settings : EncoderSettings
+    tags : mapping of str to str, optional
+        ``title``, ``artist``, ``album``, ``date`` and gain tags; written where the
+        container has a place for them.
+
+    Raises
+    ------
+    EncodingError
+        If FFmpeg cannot open the encoder or muxer.
+
+    References
+    ----------
+    FFmpeg libavcodec / libavformat documentation (``-fflags +bitexact``); LAME ``-V`` VBR scale.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, settings: EncoderSettings, tags: Mapping[str, str] | None = None):
+        encoder_name, muxer, _ = _CODECS[settings.codec]
+        if settings.codec == "wav" and settings.bit_depth == 24:
+            encoder_name = "pcm_s24le"
+        self.settings = settings
+        self.encoder_name = encoder_name
+        self.target = Path(path)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        # A unique name beside the target (same filesystem, so the rename is atomic); created by
+        # the muxer with the process umask, unlike mkstemp's 0600.
+        self._tmp = str(self.target.parent / f".{self.target.name}.{uuid.uuid4().hex}.part")
+        self._layout = "mono" if settings.channels == 1 else "stereo"
+        self._pts = 0
+        self._done = False
+        try:
+            self._out = av.open(self._tmp, "w", format=muxer, options={"fflags": "+bitexact"})
+            self._stream = self._out.add_stream(encoder_name, rate=settings.sample_rate_hz, layout=self._layout)
+            cc = self._stream.codec_context
+            if settings.codec in ("flac", "wav"):
+                cc.format = "s16" if settings.bit_depth == 16 else "s32"
+            if settings.codec == "flac" and settings.bit_depth == 24:
+                cc.options = {"bits_per_raw_sample": "24"}
+            if settings.codec == "mp3" and settings.vbr_quality is not None:
+                cc.qscale = True
+                cc.global_quality = settings.vbr_quality * _FF_QP2LAMBDA
+            elif settings.bitrate_kbps is not None and not settings.lossless:
+                cc.bit_rate = settings.bitrate_kbps * 1000
+            muxed_tags = _tags_for(settings.codec, tags or {})
+            self._out.metadata.update(muxed_tags)
+            self._stream.metadata.update(muxed_tags)
+        except av.error.FFmpegError as err:
+            self.abort()
+            raise EncodingError(f"{self.target.name}: {encoder_name} failed: {err}") from err
+        except BaseException:
+            self.abort()
+            raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._done:
+            self.close()
+
+    def write(self, block: np.ndarray) -> None:
+        """Encode the next block.
+
+        Parameters
+        ----------
+        block : np.ndarray [shape=(settings.channels, n)], float32, n >= 0
+            At ``settings.sample_rate_hz``; samples outside [-1, 1] are clipped by the
+            sample-format conversion.
+
+        Raises
+        ------
+        EncodingError
+            If the block has the wrong channel count or FFmpeg fails (the file is removed).
+        """
+        settings = self.settings
+        if block.ndim != 2 or block.shape[0] != settings.channels:
+            self.abort()
+            raise EncodingError(f"{self.target.name}: encoder expects {settings.channels} channels, "
+                                f"got block of shape {block.shape}")
+        if block.shape[1] == 0:
+            return
+        if settings.lossless:
+            block = _quantize(block, settings.bit_depth)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block, dtype=np.float32), format="fltp",
+                                           layout=self._layout)
+        frame.sample_rate = settings.sample_rate_hz
+        frame.pts = self._pts
+        self._pts += block.shape[1]
+        try:
+            for packet in self._stream.encode(frame):
+                self._out.mux(packet)
+        except av.error.FFmpegError as err:
+            self.abort()
+            raise EncodingError(f"{self.target.name}: {self.encoder_name} failed: {err}") from err
+
+    def close(self) -> EncodeResult:
+        """Flush the encoder, close the file and move it to its final name.
+
+        Returns
+        -------
+        EncodeResult
+
+        Raises
+        ------
+        EncodingError
+            If FFmpeg fails to flush or mux (the file is removed).
+        """
+        try:
+            for packet in self._stream.encode(None):
+                self._out.mux(packet)
+            self._out.close()
+            os.replace(self._tmp, self.target)
+        except av.error.FFmpegError as err:
+            self.abort()
+            raise EncodingError(f"{self.target.name}: {self.encoder_name} failed: {err}") from err
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return EncodeResult(path=str(self.target), size_bytes=self.target.stat().st_size, samples_in=self._pts,
+                            encoder=f"{self.encoder_name} (libavcodec {FFMPEG_VERSION})")
+
+    def abort(self) -> None:
+        """Stop and remove the temporary file; the target is left as it was. Safe to call twice."""
+        if self._done:
+            return
+        self._done = True
+        out = getattr(self, "_out", None)
+        if out is not None:
+            with suppress(Exception):  # closing a half-written file; it is deleted next
+                out.close()
+        Path(self._tmp).unlink(missing_ok=True)
+
+
 def encode_blocks(
     blocks: Iterable[np.ndarray],
     path: str | os.PathLike,
@@ -722,7 +869,7 @@ def encode_blocks(
     settings: EncoderSettings,
     tags: Mapping[str, str] | None = None,
 ) -> EncodeResult:
-    """Encode a block stream to a file, atomically (temporary file + rename).
+    """Encode a block stream to a file, atomically (:class:`Encoder` in pull form).
 
     Parameters
     ----------
@@ -749,57 +896,7 @@ def encode_blocks(
     ----------
     FFmpeg libavcodec / libavformat documentation; LAME ``-V`` VBR scale.
     """
-    encoder_name, muxer, _ = _CODECS[settings.codec]
-    if settings.codec == "wav" and settings.bit_depth == 24:
-        encoder_name = "pcm_s24le"
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name beside the target (same filesystem, so the rename is atomic); created by
-    # the muxer with the process umask, unlike mkstemp's 0600.
-    tmp_name = str(target.parent / f".{target.name}.{uuid.uuid4().hex}.part")
-    layout = "mono" if settings.channels == 1 else "stereo"
-    samples_in = 0
-    try:
-        with av.open(tmp_name, "w", format=muxer) as out:
-            stream = out.add_stream(encoder_name, rate=settings.sample_rate_hz, layout=layout)
-            cc = stream.codec_context
-            if settings.codec in ("flac", "wav"):
-                cc.format = "s16" if settings.bit_depth == 16 else "s32"
-            if settings.codec == "flac" and settings.bit_depth == 24:
-                cc.options = {"bits_per_raw_sample": "24"}
-            if settings.codec == "mp3" and settings.vbr_quality is not None:
-                cc.qscale = True
-                cc.global_quality = settings.vbr_quality * _FF_QP2LAMBDA
-            elif settings.bitrate_kbps is not None and not settings.lossless:
-                cc.bit_rate = settings.bitrate_kbps * 1000
-            muxed_tags = _tags_for(settings.codec, tags or {})
-            out.metadata.update(muxed_tags)
-            stream.metadata.update(muxed_tags)
-            pts = 0
-            for block in blocks:
-                if block.ndim != 2 or block.shape[0] != settings.channels:
-                    raise EncodingError(f"{target.name}: encoder expects {settings.channels} channels, "
-                                        f"got block of shape {block.shape}")
-                if block.shape[1] == 0:
-                    continue
-                if settings.lossless:
-                    block = _quantize(block, settings.bit_depth)
-                frame = av.AudioFrame.from_ndarray(
-                    np.ascontiguousarray(block, dtype=np.float32), format="fltp", layout=layout)
-                frame.sample_rate = settings.sample_rate_hz
-                frame.pts = pts
-                pts += block.shape[1]
-                for packet in stream.encode(frame):
-                    out.mux(packet)
-            samples_in = pts
-            for packet in stream.encode(None):
-                out.mux(packet)
-        os.replace(tmp_name, target)
-    except av.error.FFmpegError as err:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise EncodingError(f"{target.name}: {encoder_name} failed: {err}") from err
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return EncodeResult(path=str(target), size_bytes=target.stat().st_size, samples_in=samples_in,
-                        encoder=f"{encoder_name} (libavcodec {FFMPEG_VERSION})")
+    with Encoder(path, settings=settings, tags=tags) as encoder:
+        for block in blocks:
+            encoder.write(block)
+        return encoder.close()

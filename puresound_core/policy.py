@@ -2,9 +2,11 @@
 
 * :func:`resolve_encoder`: a rendition's encoder settings for one source (archive
   renditions keep the source's rate, channels and depth);
+* :func:`rendition_plans` and :func:`render_preset`: every rendition of a preset planned in
+  one decode and rendered from one decode (archive renditions proven bit-exact);
 * :func:`source_rules` and :func:`plan_rules`: every verdict that can be known before
   rendering, as validation rule results (``lossless_source``, ``source_format``, and the
-  loudness rules of :func:`puresound_core.render.plan_rendition`);
+  loudness rules of :func:`puresound_core.render.plan_renditions`);
 * :func:`room_tone_warnings`: ACX head / tail room tone, reported.
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 from .analysis import AnalysisReport
 from .audio import EncoderSettings, ProbeResult
 from .presets import Preset, Rendition
-from .render import RenditionPlan, plan_rendition
+from .render import RenditionPlan, RenditionResult, bit_exact_check, plan_renditions, render_renditions
 from .validation import RuleResult
 
 #: Decoders whose output is the exact integer samples that were encoded.
@@ -87,7 +89,7 @@ def lossless_source_rule(probe: ProbeResult) -> RuleResult:
 
 
 def rendition_plans(preset: Preset, path: str, analysis: AnalysisReport) -> list[RenditionPlan]:
-    """Plan every rendition of a preset for one source (see :func:`plan_rendition`).
+    """Plan every rendition of a preset for one source, in at most one decode (see :func:`plan_renditions`).
 
     Parameters
     ----------
@@ -100,12 +102,58 @@ def rendition_plans(preset: Preset, path: str, analysis: AnalysisReport) -> list
     -------
     list of RenditionPlan
         In the order of ``preset.renditions``.
+
+    Raises
+    ------
+    InvalidAudioError
+        If the source cannot be decoded.
     """
-    return [plan_rendition(path, settings=resolve_encoder(r, analysis.probe), target=preset.loudness,
-                           analysis=analysis, highpass_hz=preset.processing.highpass_hz,
+    return plan_renditions(path, [resolve_encoder(r, analysis.probe) for r in preset.renditions],
+                           target=preset.loudness, analysis=analysis, highpass_hz=preset.processing.highpass_hz,
                            trim_silence=preset.processing.trim_silence, trim_keep_s=preset.processing.trim_keep_s,
                            downmix=preset.processing.downmix)
-            for r in preset.renditions]
+
+
+def render_preset(preset: Preset, path: str, analysis: AnalysisReport, plans: list[RenditionPlan],
+                  out_paths: list[Path]) -> list[RenditionResult]:
+    """Render, encode and verify every rendition of a preset from one decode (:func:`render_renditions`).
+
+    Archive presets add check ``bit_exact`` to each rendition's verification: its decoded
+    samples must hash like the source's (:func:`puresound_core.render.bit_exact_check`).
+
+    Parameters
+    ----------
+    preset : Preset
+    path : str
+        The local source file; read only.
+    analysis : AnalysisReport
+    plans : list of RenditionPlan
+        From :func:`rendition_plans`, without problems.
+    out_paths : list of Path
+        One per rendition, in the order of ``preset.renditions``.
+
+    Returns
+    -------
+    list of RenditionResult
+        ``verification.passed`` says whether each may be published.
+
+    Raises
+    ------
+    InvalidAudioError, EncodingError, ComplianceError
+        From :func:`puresound_core.render.render_renditions`.
+    """
+    results = render_renditions(path, out_paths, settings=[resolve_encoder(r, analysis.probe)
+                                                           for r in preset.renditions],
+                                target=preset.loudness, analysis=analysis, planned=plans)
+    if not preset.lossless_archive:
+        return results
+    checked = []
+    for out, result in zip(out_paths, results, strict=True):
+        check = bit_exact_check(path, out)
+        verification = result.verification.model_copy(update={
+            "checks": [*result.verification.checks, check], "passed": result.verification.passed and check.passed})
+        checked.append(result.model_copy(update={"verification": verification}))
+    return checked
 
 
 def source_rules(preset: Preset, probe: ProbeResult) -> list[RuleResult]:

@@ -197,6 +197,9 @@ class TruePeakLimiter:
         ``block * 10 ** (gain_db / 20) * limiter_gain``, computed in float64, so a gain that
         would overflow float32 on its own (a click in digital silence normalised to a
         loudness target) still gives finite output under the ceiling. Default 0.
+    loss_model : LimiterLossModel, optional
+        Fed every input block (ungained) with its peak envelope
+        (:mod:`puresound_core.limiter_loss`).
 
     Attributes
     ----------
@@ -218,8 +221,9 @@ class TruePeakLimiter:
     """
 
     def __init__(self, *, ceiling_dbtp: float, sample_rate_hz: int, channels: int,
-                 lookahead_ms: float = 5.0, release_ms: float = 80.0, gain_db: float = 0.0):
+                 lookahead_ms: float = 5.0, release_ms: float = 80.0, gain_db: float = 0.0, loss_model=None):
         self.gain = _db_to_gain(gain_db, what="limiter gain_db")
+        self._loss_model = loss_model
         # The required limiting gain is ceiling / (gain * peak): fold the gain into the ceiling
         # in the dB domain so neither overflows (exponent clamped to float64's normal range).
         exponent = (ceiling_dbtp - LIMITER_MARGIN_DB - gain_db) / 20.0
@@ -256,6 +260,8 @@ class TruePeakLimiter:
         joined = np.concatenate([self._history, block], axis=1)
         self._history = joined[:, -_ENVELOPE_HISTORY:]
         peak = oversampled_envelope(joined).max(axis=0).astype(np.float64)
+        if self._loss_model is not None:
+            self._loss_model.process(block, peak=peak)
         # ceiling / 0 = inf -> 1 (nothing to limit); never 0, which would be an infinite reduction.
         with np.errstate(divide="ignore", over="ignore"):
             required = np.clip(self.ceiling / peak, _TINY, 1.0)
@@ -339,6 +345,168 @@ def highpass_sos(cutoff_hz: float, *, sample_rate_hz: int, order: int = 2) -> np
     return scipy.signal.butter(order, cutoff_hz, btype="highpass", fs=sample_rate_hz, output="sos")
 
 
+class ProcessingChain:
+    """The chain a :class:`ProcessingPlan` describes, fed block by block (push form).
+
+    One decoded block stream can feed several chains (one per rendition) in the same pass;
+    :func:`process_blocks` is the same chain in pull form.
+
+    Parameters
+    ----------
+    sample_rate_hz : int
+        Source rate.
+    plan : ProcessingPlan
+    loss_model : LimiterLossModel, optional
+        Fed with what the limiter sees (the ungained, resampled signal and its peak
+        envelope), so a later attempt can predict the limiter's loudness loss at another
+        gain or ceiling without another pass (:mod:`puresound_core.limiter_loss`).
+
+    Raises
+    ------
+    ValueError
+        If ``plan.gain_db`` is too large for float64 (above ~6000 dB).
+
+    References
+    ----------
+    soxr (VHQ) for resampling; ITU-R BS.775-3 for the down-mix; ITU-R BS.1770-4 Annex 2 for
+    the limiter's peak detector.
+    """
+
+    def __init__(self, *, sample_rate_hz: int, plan: ProcessingPlan, loss_model=None):
+        self.plan = plan
+        self._out_channels = plan.output_channels
+        self._sos = None
+        self._zi = None
+        self._resampler = None
+        self._limiter = None
+        if plan.output_sample_rate_hz != sample_rate_hz:
+            self._resampler = _Resampler(sample_rate_hz, plan.output_sample_rate_hz, self._out_channels)
+        if plan.ceiling_dbtp is not None:
+            # The limiter applies the gain itself (in float64, folded into its ceiling).
+            self._limiter = TruePeakLimiter(ceiling_dbtp=plan.ceiling_dbtp, sample_rate_hz=plan.output_sample_rate_hz,
+                                            channels=self._out_channels, lookahead_ms=plan.limiter_lookahead_ms,
+                                            release_ms=plan.limiter_release_ms, gain_db=plan.gain_db,
+                                            loss_model=loss_model)
+            self._gain = 1.0
+        else:
+            self._gain = _db_to_gain(plan.gain_db, what="processing plan gain_db")
+        if plan.highpass_hz is not None:
+            self._sos = highpass_sos(plan.highpass_hz, sample_rate_hz=sample_rate_hz)
+            self._zi = np.zeros((self._sos.shape[0], self._out_channels, 2))
+        self.samples_in = 0
+        self.samples_out = 0
+        self._to_skip = plan.trim_start_samples
+        self._held: np.ndarray | None = None  # the last trim_end_samples, held back until known to be the end
+        self._in_channels: int | None = None
+        self._matrix: np.ndarray | None = None  # None: the source is already in the output layout
+        self._flushed = False
+
+    def _check_channels(self, block: np.ndarray) -> None:
+        if self._in_channels is None:
+            self._in_channels = block.shape[0]
+            names = channel_names(self._in_channels, self.plan.source_layout)
+            if self._in_channels != self._out_channels:
+                self._matrix = downmix_matrix(names, self._out_channels, mode=self.plan.downmix)
+        elif block.shape[0] != self._in_channels:
+            raise InvalidAudioError(
+                f"processing: rule 'channel_layout' failed: block has {block.shape[0]} channels, "
+                f"the stream started with {self._in_channels}", rule="channel_layout")
+
+    def _tail_stages(self, x: np.ndarray) -> np.ndarray:
+        if self._matrix is not None:
+            x = self._matrix @ x  # BS.775-3 down-mix (or legacy); (out, in) @ (in, n)
+        if self._sos is not None:
+            x, self._zi = scipy.signal.sosfilt(self._sos, x, axis=1, zi=self._zi)
+        if self._gain != 1.0:
+            with np.errstate(over="ignore"):
+                x = (x * self._gain).astype(np.float32)
+            if self._gain > 1.0 and not np.isfinite(x).all():
+                raise InvalidAudioError(
+                    f"processing: rule 'finite_samples' failed: gain {self.plan.gain_db:.1f} dB without a "
+                    "limiter ceiling drives samples past float32 range", rule="finite_samples")
+        x = x.astype(np.float32, copy=False)
+        if self._resampler is not None:
+            x = self._resampler.process(x)
+        if self._limiter is not None:
+            x = self._limiter.process(x)
+        return x
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """Process the next source block.
+
+        Parameters
+        ----------
+        block : np.ndarray [shape=(channels, n)], float32, n >= 0
+
+        Returns
+        -------
+        np.ndarray [shape=(plan.output_channels, m)], float32
+            What is ready; ``m`` may be 0 (trim, resampler or limiter look-ahead holding back).
+
+        Raises
+        ------
+        InvalidAudioError
+            If the block's channel count differs from the first block's or from
+            ``plan.source_layout`` (rule ``channel_layout``), or a gain without a limiter
+            drives samples past float32's range (rule ``finite_samples``).
+        """
+        self._check_channels(block)
+        self.samples_in += block.shape[1]
+        if self._to_skip:
+            cut = min(self._to_skip, block.shape[1])
+            block = block[:, cut:]
+            self._to_skip -= cut
+        if self.plan.trim_end_samples:
+            held = block if self._held is None else np.concatenate([self._held, block], axis=1)
+            release = held.shape[1] - self.plan.trim_end_samples
+            if release <= 0:
+                self._held = held
+                return np.zeros((self._out_channels, 0), dtype=np.float32)
+            block, self._held = held[:, :release], held[:, release:]
+        if block.shape[1] == 0:
+            return np.zeros((self._out_channels, 0), dtype=np.float32)
+        out = self._tail_stages(block)
+        self.samples_out += out.shape[1]
+        return out
+
+    def flush(self) -> np.ndarray:
+        """End of the source: release what the resampler and limiter still hold.
+
+        Returns
+        -------
+        np.ndarray [shape=(plan.output_channels, m)], float32
+        """
+        if self._flushed:
+            return np.zeros((self._out_channels, 0), dtype=np.float32)
+        self._flushed = True
+        tail = []
+        if self._resampler is not None:
+            flushed = self._resampler.flush()
+            if flushed.shape[1]:
+                tail.append(self._limiter.process(flushed) if self._limiter is not None else flushed)
+        if self._limiter is not None:
+            tail.append(self._limiter.flush())
+        out = np.concatenate(tail, axis=1) if tail else np.zeros((self._out_channels, 0), dtype=np.float32)
+        self.samples_out += out.shape[1]
+        return out
+
+    def stats(self) -> ProcessingStats:
+        """What the chain did so far (complete after :meth:`flush`).
+
+        Returns
+        -------
+        ProcessingStats
+        """
+        limiter = self._limiter
+        limited = limiter.samples_limited if limiter else 0
+        return ProcessingStats(
+            samples_in=self.samples_in, samples_out=self.samples_out,
+            limiter_active=limited > 0,
+            limited_ratio=limited / self.samples_out if self.samples_out else 0.0,
+            max_gain_reduction_db=limiter.max_gain_reduction_db if limiter else 0.0,
+        )
+
+
 def process_blocks(
     blocks: Iterable[np.ndarray],
     *,
@@ -346,7 +514,7 @@ def process_blocks(
     plan: ProcessingPlan,
     stats_out: list | None = None,
 ) -> Iterator[np.ndarray]:
-    """Run a :class:`ProcessingPlan` over a block stream.
+    """Run a :class:`ProcessingPlan` over a block stream (:class:`ProcessingChain` in pull form).
 
     Parameters
     ----------
@@ -381,100 +549,13 @@ def process_blocks(
     soxr (VHQ) for resampling; ITU-R BS.775-3 for the down-mix; ITU-R BS.1770-4 Annex 2 for
     the limiter's peak detector.
     """
-    out_channels = plan.output_channels
-    sos = None
-    zi = None
-    resampler = None
-    limiter = None
-    if plan.output_sample_rate_hz != sample_rate_hz:
-        resampler = _Resampler(sample_rate_hz, plan.output_sample_rate_hz, out_channels)
-    if plan.ceiling_dbtp is not None:
-        # The limiter applies the gain itself (in float64, folded into its ceiling).
-        limiter = TruePeakLimiter(ceiling_dbtp=plan.ceiling_dbtp, sample_rate_hz=plan.output_sample_rate_hz,
-                                  channels=out_channels, lookahead_ms=plan.limiter_lookahead_ms,
-                                  release_ms=plan.limiter_release_ms, gain_db=plan.gain_db)
-        gain = 1.0
-    else:
-        gain = _db_to_gain(plan.gain_db, what="processing plan gain_db")
-    if plan.highpass_hz is not None:
-        sos = highpass_sos(plan.highpass_hz, sample_rate_hz=sample_rate_hz)
-        zi = np.zeros((sos.shape[0], out_channels, 2))
-
-    samples_in = 0
-    samples_out = 0
-    to_skip = plan.trim_start_samples
-    held = None  # the last trim_end_samples, held back until we know they are the end
-    in_channels: int | None = None
-    matrix: np.ndarray | None = None  # None: the source is already in the output layout
-
-    def check_channels(block: np.ndarray) -> None:
-        nonlocal in_channels, matrix
-        if in_channels is None:
-            in_channels = block.shape[0]
-            names = channel_names(in_channels, plan.source_layout)
-            if in_channels != out_channels:
-                matrix = downmix_matrix(names, out_channels, mode=plan.downmix)
-        elif block.shape[0] != in_channels:
-            raise InvalidAudioError(
-                f"processing: rule 'channel_layout' failed: block has {block.shape[0]} channels, "
-                f"the stream started with {in_channels}", rule="channel_layout")
-
-    def tail_stages(x: np.ndarray) -> np.ndarray:
-        nonlocal zi
-        if matrix is not None:
-            x = matrix @ x  # BS.775-3 down-mix (or legacy); (out, in) @ (in, n)
-        if sos is not None:
-            x, zi = scipy.signal.sosfilt(sos, x, axis=1, zi=zi)
-        if gain != 1.0:
-            with np.errstate(over="ignore"):
-                x = (x * gain).astype(np.float32)
-            if gain > 1.0 and not np.isfinite(x).all():
-                raise InvalidAudioError(
-                    f"processing: rule 'finite_samples' failed: gain {plan.gain_db:.1f} dB without a "
-                    "limiter ceiling drives samples past float32 range", rule="finite_samples")
-        x = x.astype(np.float32, copy=False)
-        if resampler is not None:
-            x = resampler.process(x)
-        if limiter is not None:
-            x = limiter.process(x)
-        return x
-
+    chain = ProcessingChain(sample_rate_hz=sample_rate_hz, plan=plan)
     for block in blocks:
-        check_channels(block)
-        samples_in += block.shape[1]
-        if to_skip:
-            cut = min(to_skip, block.shape[1])
-            block = block[:, cut:]
-            to_skip -= cut
-        if plan.trim_end_samples:
-            held = block if held is None else np.concatenate([held, block], axis=1)
-            release = held.shape[1] - plan.trim_end_samples
-            if release <= 0:
-                continue
-            block, held = held[:, :release], held[:, release:]
-        if block.shape[1] == 0:
-            continue
-        out = tail_stages(block)
-        samples_out += out.shape[1]
+        out = chain.process(block)
         if out.shape[1]:
             yield out
-
-    tail = []
-    if resampler is not None:
-        flushed = resampler.flush()
-        if flushed.shape[1]:
-            tail.append(limiter.process(flushed) if limiter is not None else flushed)
-    if limiter is not None:
-        tail.append(limiter.flush())
-    for out in tail:
-        samples_out += out.shape[1]
-        if out.shape[1]:
-            yield out
+    out = chain.flush()
+    if out.shape[1]:
+        yield out
     if stats_out is not None:
-        limited = limiter.samples_limited if limiter else 0
-        stats_out.append(ProcessingStats(
-            samples_in=samples_in, samples_out=samples_out,
-            limiter_active=limited > 0,
-            limited_ratio=limited / samples_out if samples_out else 0.0,
-            max_gain_reduction_db=limiter.max_gain_reduction_db if limiter else 0.0,
-        ))
+        stats_out.append(chain.stats())

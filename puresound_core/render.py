@@ -1,23 +1,26 @@
-"""Render, encode and verify one rendition; retries that converge when a lossy encode misses.
+"""Plan, render, encode and verify renditions: one decode per source, retries that converge.
 
-:func:`render_rendition` is the whole path from a source file to a checked rendition:
+:func:`plan_renditions` then :func:`render_renditions` is the whole path from a source file
+to checked renditions:
 
-1. plan (:func:`plan_rendition`): the loudness of the signal the chain will deliver (after
-   trim, down-mix and high-pass: all linear, so a gain of x dB moves it by exactly x LU),
-   *as played*: a mono rendition is measured as dual-mono (BS.1770 with the channel counted
-   twice, as FFmpeg's ebur128 ``dualmono`` and libebur128's ``EBUR128_DUAL_MONO``), so the
-   mono and stereo renditions of one source play equally loud. The gain aims at the target;
-   the limiter is enabled only when that gain would push the true peak over the ceiling,
-   and then the gain is raised by what limiting took off (processing-only passes, within a
-   quarter of the tolerance). What can be known here is checked here (rules
+1. plan, in at most one decode shared by every rendition: the loudness of the signal each
+   chain will deliver (after trim, down-mix and high-pass: all linear, so a gain of x dB
+   moves it by exactly x LU), *as played*: a mono rendition is measured as dual-mono
+   (BS.1770 with the channel counted twice, as FFmpeg's ebur128 ``dualmono`` and
+   libebur128's ``EBUR128_DUAL_MONO``), so the mono and stereo renditions of one source play
+   equally loud. The gain aims at the target; the limiter is enabled only when that gain
+   would push the true peak over the ceiling, and then the gain is raised by what limiting
+   will take off, predicted from the peak envelope recorded in the same pass
+   (:mod:`puresound_core.limiter_loss`). What can be known here is checked here (rules
    ``loudness_measurable``, ``gain_max``, ``max_gain_reduction``), before any rendering;
-2. render and encode in one streaming pass (bounded memory);
-3. verify (:func:`verify_rendition`): decode the file and re-measure it;
-4. when a lossy encode misses, render again with corrections that *accumulate*: the
-   pre-encode loudness aim moves by the measured miss (``aim = aim + (target - measured)``),
-   a true-peak overshoot lowers the limiter ceiling by the overshoot plus a margin. Every
-   attempt must be closer than the best one before it, else the loop stops and says why;
-   the best attempt is kept;
+2. render every rendition in one streaming pass: one decode feeds one processing chain and
+   one encoder per rendition (bounded memory);
+3. verify (:func:`verify_rendition`): decode each file and re-measure it;
+4. when a lossy encode misses, render that rendition again, alone, with corrections that
+   *accumulate*: the pre-encode loudness aim moves by the measured miss (``aim = aim +
+   (target - measured)``), a true-peak overshoot lowers the limiter ceiling by the overshoot
+   plus a margin. Every attempt must be closer than the best one before it, else the loop
+   stops and says why; the best attempt is kept;
 5. gain tags (ReplayGain 2.0 / Opus R128) are written from the verified measurement.
 """
 
@@ -28,25 +31,52 @@ import hashlib
 import math
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from .analysis import AnalysisReport, ContentAnalyzer
-from .audio import EncodeResult, EncoderSettings, encode_blocks, iter_blocks, probe
+from .audio import (
+    Encoder,
+    EncodeResult,
+    EncoderSettings,
+    encode_blocks,
+    iter_blocks,
+    probe,
+)
 from .cancel import stoppable
-from .gain_tags import R128_REFERENCE_LUFS, REPLAYGAIN_REFERENCE_LUFS, gain_tags, write_tags
+from .gain_tags import (
+    R128_REFERENCE_LUFS,
+    REPLAYGAIN_REFERENCE_LUFS,
+    gain_tags,
+    write_tags,
+)
+from .limiter_loss import LimiterLossModel
 from .loudness import LoudnessMeter, LoudnessReport, LoudnessSeries
-from .processing import ProcessingPlan, ProcessingStats, process_blocks
+from .processing import ProcessingChain, ProcessingPlan, ProcessingStats
 from .specs import LoudnessTarget
 
 __all__ = [
-    "DUAL_MONO_OFFSET_LU", "LoudnessTarget", "PlanProblem", "R128_REFERENCE_LUFS", "REPLAYGAIN_REFERENCE_LUFS",
-    "RenditionPlan", "RenditionResult", "VerificationCheck", "VerificationReport", "bit_exact_check", "decoded_sha256",
+    "DUAL_MONO_OFFSET_LU",
+    "R128_REFERENCE_LUFS",
+    "REPLAYGAIN_REFERENCE_LUFS",
+    "LoudnessTarget",
+    "PlanProblem",
+    "RenditionPlan",
+    "RenditionResult",
+    "VerificationCheck",
+    "VerificationReport",
+    "bit_exact_check",
+    "decoded_sha256",
     "encoder_gain_db",
-    "plan_rendition", "render_rendition", "verify_rendition",
+    "plan_rendition",
+    "plan_renditions",
+    "render_rendition",
+    "render_renditions",
+    "verify_rendition",
 ]
 
 #: Duration check of :func:`verify_rendition`: within 50 ms of the source after priming.
@@ -56,8 +86,6 @@ DURATION_TOLERANCE_S = 0.050
 RETRY_MARGIN_DB = 0.5
 #: A mono channel counted twice reads 10 log10(2) = 3.01 LU louder (BS.1770-4 eq. 2, G = 2).
 DUAL_MONO_OFFSET_LU = 10.0 * math.log10(2.0)
-#: Processing-only passes that add back the loudness a limiter took off.
-COMPENSATION_PASSES = 3
 #: Renders of one rendition at most.
 MAX_ATTEMPTS = 3
 #: Lossy renditions limit this far under the ceiling: decoders reconstruct peaks the
@@ -232,6 +260,9 @@ class RenditionPlan(BaseModel):
     aim_lufs : float or None
         Loudness the processed signal aims at before encoding: the target minus
         ``encoder_gain_db``, so that the *encoded* file lands on the target.
+    predicted_limiter_loss_lu : float
+        What the limiter is predicted to take off at the planned gain (0 without limiting);
+        the gain includes it.
     problems : list of PlanProblem
         Non-empty when the rendition cannot meet its target: do not render.
     """
@@ -245,6 +276,7 @@ class RenditionPlan(BaseModel):
     expected_duration_s: float
     encoder_gain_db: float = 0.0
     aim_lufs: float | None = None
+    predicted_limiter_loss_lu: float = 0.0
     problems: list[PlanProblem] = []
 
 
@@ -414,55 +446,67 @@ def verify_rendition(
                               dual_mono=dual, single_channel_lufs=single, series=meter.series())
 
 
-def _rendered_loudness(source, src_rate: int, plan: ProcessingPlan, *, dual_mono: bool) -> float | None:
-    """Integrated loudness, as played, of the processed signal (no encode)."""
-    meter = LoudnessMeter(sample_rate_hz=plan.output_sample_rate_hz, channels=plan.output_channels,
-                          dual_mono=dual_mono)
-    for block in process_blocks(stoppable(iter_blocks(source)), sample_rate_hz=src_rate, plan=plan):
-        meter.process(block)
-    return meter.report().integrated_lufs
+class _Measurement:
+    """One delivered signal measured in :func:`plan_renditions`' shared pass.
 
-
-def _compensate_limiter_loss(source, src_rate: int, plan: ProcessingPlan, *, aim_lufs: float, within_lu: float,
-                             dual_mono: bool, max_gain_db: float) -> ProcessingPlan:
-    """Raise the gain by what the limiter took off, until the rendered loudness is at ``aim_lufs``.
-
-    Peak limiting lowers integrated loudness; each pass re-measures the limited signal and
-    adds the shortfall to the gain (at most :data:`COMPENSATION_PASSES` passes, stopping
-    within ``within_lu``; the gain never exceeds ``max_gain_db``). Only processing runs here,
-    no encoding. ``aim_lufs`` is the pre-encode aim, which already holds any codec correction
-    a retry made, so compensation never takes that correction back out.
+    ``chain`` is ``None`` when the delivered signal is the source itself; ``meter`` is
+    ``None`` when its loudness is known from the analysis; ``model`` records what a limiter
+    would take off (:class:`~puresound_core.limiter_loss.LimiterLossModel`).
     """
-    for _ in range(COMPENSATION_PASSES):
-        rendered = _rendered_loudness(source, src_rate, plan, dual_mono=dual_mono)
-        if rendered is None:
-            break
-        shortfall = aim_lufs - rendered
-        if abs(shortfall) <= within_lu:
-            break
-        plan = plan.model_copy(update={"gain_db": min(plan.gain_db + shortfall, max_gain_db)})
-    return plan
+
+    def __init__(self, *, src_rate: int, chain_plan: ProcessingPlan | None, rate: int, channels: int,
+                 layout: str | None, dual: bool, meter: bool, model: bool):
+        self.chain = ProcessingChain(sample_rate_hz=src_rate, plan=chain_plan) if chain_plan is not None else None
+        self.meter = (LoudnessMeter(sample_rate_hz=rate, channels=channels, layout=layout, dual_mono=dual)
+                      if meter else None)
+        self.model = (LimiterLossModel(sample_rate_hz=rate, channels=channels, layout=layout, dual_mono=dual)
+                      if model else None)
+
+    def _feed(self, x: np.ndarray) -> None:
+        if self.meter is not None:
+            self.meter.process(x)
+        if self.model is not None:
+            self.model.process(x)
+
+    def process(self, block: np.ndarray) -> None:
+        self._feed(self.chain.process(block) if self.chain is not None else block)
+
+    def finish(self) -> None:
+        if self.chain is not None:
+            self._feed(self.chain.flush())
 
 
-def plan_rendition(
+def plan_renditions(
     source: str | os.PathLike,
+    settings: Sequence[EncoderSettings],
     *,
-    settings: EncoderSettings,
     target: LoudnessTarget,
     analysis: AnalysisReport,
     highpass_hz: float | None = None,
     trim_silence: bool = False,
     trim_keep_s: float = 0.1,
     downmix: str = "bs775",
-) -> RenditionPlan:
-    """Decide the first attempt's processing, and what makes the target unreachable.
+) -> list[RenditionPlan]:
+    """Decide every rendition's first attempt, and what makes a target unreachable, in one decode.
+
+    For each rendition the loudness, as played, of the delivered signal (after trim,
+    down-mix and high-pass: all linear, so a gain of x dB moves it by exactly x LU) gives the
+    gain to the target, less the encoder's own level change (:func:`encoder_gain_db`). The
+    limiter is enabled only when that gain would push the true peak over the ceiling; then
+    the gain is raised by what limiting takes off, predicted from the signal's peak envelope
+    (:class:`~puresound_core.limiter_loss.LimiterLossModel`), so the limited rendition lands
+    on the target without extra rendering passes.
+
+    The source is decoded at most once, and only when some rendition needs it: its chain is
+    not the identity (trim, high-pass, a channel change, or a source or output rate below
+    44.1 kHz), or it needs the limiter. Renditions that deliver the same signal share one
+    measurement.
 
     Parameters
     ----------
     source : str or path-like
-        Decoded once more when the chain is not the identity (trim, high-pass or a channel
-        change), to measure the delivered signal.
-    settings : EncoderSettings
+    settings : sequence of EncoderSettings
+        One per rendition.
     target : LoudnessTarget
     analysis : AnalysisReport
         Of the source (rate, channels, layout, silence; its loudness when the chain is the identity).
@@ -474,11 +518,11 @@ def plan_rendition(
 
     Returns
     -------
-    RenditionPlan
-        ``problems`` lists rules ``loudness_measurable`` (no gating block above -70 LUFS),
-        ``gain_max`` (the gain to target exceeds ``target.max_gain_db``) and
-        ``max_gain_reduction`` (predicted limiting ``true peak + gain - ceiling`` exceeds
-        ``target.max_gain_reduction_db``).
+    list of RenditionPlan
+        In the order of ``settings``. ``problems`` lists rules ``loudness_measurable`` (no
+        gating block above -70 LUFS), ``gain_max`` (the gain to target exceeds
+        ``target.max_gain_db``) and ``max_gain_reduction`` (predicted limiting ``true peak +
+        gain - ceiling`` exceeds ``target.max_gain_reduction_db``).
 
     Raises
     ------
@@ -501,32 +545,81 @@ def plan_rendition(
         total = round(loud.duration_s * src_rate)
         if trim_start + trim_end >= total:
             trim_start = trim_end = 0
-    base = ProcessingPlan(output_sample_rate_hz=settings.sample_rate_hz, output_channels=settings.channels,
-                          highpass_hz=highpass_hz, trim_start_samples=trim_start, trim_end_samples=trim_end,
-                          source_layout=layout, downmix=downmix)
-    dual = _played_as_dual_mono(settings.channels, target)
-    # Loudness before gain. Between rates of 44.1 kHz and up, resampling changes it only by
-    # what lies above the new Nyquist frequency, negligible after K-weighting, so it is
-    # measured at the source rate (and, for the identity chain, taken from the analysis).
-    # Below 44.1 kHz the K-weighting filters' bilinear transform departs from the 48 kHz
-    # response (an 8 kHz source reads ~0.2 LU off), so the delivered signal is measured at
-    # the output rate. A true-peak rise from resampling is caught by verification.
-    rate_safe = src_rate == settings.sample_rate_hz or min(src_rate, settings.sample_rate_hz) >= RATE_SAFE_HZ
-    if rate_safe and highpass_hz is None and not trim_start and not trim_end and settings.channels == loud.channels:
-        delivered_lufs = loud.integrated_lufs
-        if dual and delivered_lufs is not None:
-            delivered_lufs += DUAL_MONO_OFFSET_LU  # the same mono signal, its channel counted twice
-        tp, rms = loud.true_peak_dbtp, loud.rms_dbfs
-    else:
-        measure_rate = src_rate if rate_safe else settings.sample_rate_hz
-        meter = LoudnessMeter(sample_rate_hz=measure_rate, channels=settings.channels, dual_mono=dual)
-        chain = base.model_copy(update={"output_sample_rate_hz": measure_rate})
-        for block in process_blocks(stoppable(iter_blocks(source)), sample_rate_hz=src_rate, plan=chain):
-            meter.process(block)
-        pre = meter.report()
-        delivered_lufs, tp, rms = pre.integrated_lufs, pre.true_peak_dbtp, pre.rms_dbfs
-    codec_gain_db = encoder_gain_db(settings)
+    limiting = target.target_lufs is not None and target.ceiling_dbtp is not None
+    measurements: dict[tuple, _Measurement] = {}
+    keys: list[tuple] = []
+    bases: list[ProcessingPlan] = []
+    for s in settings:
+        base = ProcessingPlan(output_sample_rate_hz=s.sample_rate_hz, output_channels=s.channels,
+                              highpass_hz=highpass_hz, trim_start_samples=trim_start, trim_end_samples=trim_end,
+                              source_layout=layout, downmix=downmix)
+        bases.append(base)
+        dual = _played_as_dual_mono(s.channels, target)
+        # Loudness before gain. Between rates of 44.1 kHz and up, resampling changes it only by
+        # what lies above the new Nyquist frequency, negligible after K-weighting, so it is
+        # measured at the source rate (and, for the identity chain, taken from the analysis).
+        # Below 44.1 kHz the K-weighting filters' bilinear transform departs from the 48 kHz
+        # response (an 8 kHz source reads ~0.2 LU off), so the delivered signal is measured at
+        # the output rate. A true-peak rise from resampling is caught by verification.
+        rate_safe = src_rate == s.sample_rate_hz or min(src_rate, s.sample_rate_hz) >= RATE_SAFE_HZ
+        if rate_safe and highpass_hz is None and not trim_start and not trim_end and s.channels == loud.channels:
+            delivered = loud.integrated_lufs
+            if dual and delivered is not None:
+                delivered += DUAL_MONO_OFFSET_LU
+            gain = (target.target_lufs - delivered - encoder_gain_db(s)
+                    if limiting and delivered is not None else None)
+            ceiling = _ceiling(target, s)
+            if gain is not None and math.isfinite(loud.true_peak_dbtp) and loud.true_peak_dbtp + gain > ceiling:
+                key = ("source", dual)
+                if key not in measurements:
+                    measurements[key] = _Measurement(src_rate=src_rate, chain_plan=None, rate=src_rate,
+                                                     channels=loud.channels, layout=layout, dual=dual,
+                                                     meter=False, model=True)
+                keys.append(key)
+            else:
+                keys.append(("analysis", dual))
+        else:
+            measure_rate = src_rate if rate_safe else s.sample_rate_hz
+            key = ("chain", measure_rate, s.channels, dual)
+            if key not in measurements:
+                chain = base.model_copy(update={"output_sample_rate_hz": measure_rate})
+                measurements[key] = _Measurement(src_rate=src_rate, chain_plan=chain, rate=measure_rate,
+                                                 channels=s.channels, layout=None, dual=dual, meter=True,
+                                                 model=limiting)
+            keys.append(key)
+    if measurements:
+        for block in stoppable(iter_blocks(source)):
+            for measurement in measurements.values():
+                measurement.process(block)
+        for measurement in measurements.values():
+            measurement.finish()
+    plans = []
+    for s, base, key in zip(settings, bases, keys, strict=True):
+        measurement = measurements.get(key)
+        if measurement is not None and measurement.meter is not None:
+            pre = measurement.meter.report()
+            delivered, tp, rms = pre.integrated_lufs, pre.true_peak_dbtp, pre.rms_dbfs
+        else:
+            delivered, tp, rms = loud.integrated_lufs, loud.true_peak_dbtp, loud.rms_dbfs
+            if key[1] and delivered is not None:  # dual-mono: the same mono signal, its channel counted twice
+                delivered += DUAL_MONO_OFFSET_LU
+        plans.append(_plan_one(name, s, base, target, delivered, tp, rms, loud.duration_s, src_rate,
+                               trim_start + trim_end, measurement.model if measurement is not None else None))
+    return plans
 
+
+def _ceiling(target: LoudnessTarget, settings: EncoderSettings) -> float | None:
+    """The limiter's ceiling for a rendition: lossy ones limit :data:`LOSSY_CEILING_MARGIN_DB` under the target's."""
+    ceiling = target.ceiling_dbtp
+    if ceiling is not None and not settings.lossless:
+        ceiling -= LOSSY_CEILING_MARGIN_DB
+    return ceiling
+
+
+def _plan_one(name: str, settings: EncoderSettings, base: ProcessingPlan, target: LoudnessTarget,
+              delivered_lufs: float | None, tp: float, rms: float, duration_s: float, src_rate: int,
+              trimmed: int, model: LimiterLossModel | None) -> RenditionPlan:
+    codec_gain_db = encoder_gain_db(settings)
     problems: list[PlanProblem] = []
     gain_db = 0.0
     if target.target_lufs is not None:
@@ -544,9 +637,7 @@ def plan_rendition(
             rule="gain_max", measured=round(gain_db, 2), limit=target.max_gain_db,
             message=f"{name}: rule 'gain_max' failed: reaching the target needs {gain_db:+.1f} dB of gain > "
                     f"{target.max_gain_db:g} dB (the source is too quiet: its noise floor would be raised as much)"))
-    ceiling = target.ceiling_dbtp
-    if ceiling is not None and not settings.lossless:
-        ceiling -= LOSSY_CEILING_MARGIN_DB
+    ceiling = _ceiling(target, settings)
     needs_limiter = ceiling is not None and math.isfinite(tp) and tp + gain_db > ceiling
     if needs_limiter and target.max_gain_reduction_db is not None:
         predicted = tp + gain_db - ceiling
@@ -556,12 +647,54 @@ def plan_rendition(
                 message=f"{name}: rule 'max_gain_reduction' failed: at {gain_db:+.1f} dB of gain the true peak "
                         f"would be {tp + gain_db:+.1f} dBTP, {predicted:.1f} dB of limiting to the {ceiling:g} dBTP "
                         f"ceiling > {target.max_gain_reduction_db:g} dB accepted"))
-    plan = base.model_copy(update={"gain_db": gain_db, "ceiling_dbtp": ceiling if needs_limiter else None})
-    expected_duration_s = (loud.duration_s * src_rate - trim_start - trim_end) / src_rate
     aim = None if target.target_lufs is None else target.target_lufs - codec_gain_db
+    loss = 0.0
+    if needs_limiter and not problems and model is not None and aim is not None and delivered_lufs is not None:
+        gain_db, loss = model.solve_gain_db(delivered_lufs=delivered_lufs, aim_lufs=aim, ceiling_dbtp=ceiling,
+                                            max_gain_db=target.max_gain_db)
+    plan = base.model_copy(update={"gain_db": gain_db, "ceiling_dbtp": ceiling if needs_limiter else None})
+    expected_duration_s = (duration_s * src_rate - trimmed) / src_rate
     return RenditionPlan(plan=plan, delivered_lufs=delivered_lufs, delivered_true_peak_dbtp=tp,
                          delivered_rms_dbfs=rms, expected_duration_s=expected_duration_s,
-                         encoder_gain_db=codec_gain_db, aim_lufs=aim, problems=problems)
+                         encoder_gain_db=codec_gain_db, aim_lufs=aim, predicted_limiter_loss_lu=round(loss, 4),
+                         problems=problems)
+
+
+def plan_rendition(
+    source: str | os.PathLike,
+    *,
+    settings: EncoderSettings,
+    target: LoudnessTarget,
+    analysis: AnalysisReport,
+    highpass_hz: float | None = None,
+    trim_silence: bool = False,
+    trim_keep_s: float = 0.1,
+    downmix: str = "bs775",
+) -> RenditionPlan:
+    """Plan one rendition: :func:`plan_renditions` with one ``settings``.
+
+    Parameters
+    ----------
+    source : str or path-like
+    settings : EncoderSettings
+    target : LoudnessTarget
+    analysis : AnalysisReport
+    highpass_hz : float, optional
+    trim_silence : bool
+    trim_keep_s : float
+    downmix : {"bs775", "legacy"}
+
+    Returns
+    -------
+    RenditionPlan
+
+    Raises
+    ------
+    InvalidAudioError
+        If the source cannot be decoded.
+    """
+    return plan_renditions(source, [settings], target=target, analysis=analysis, highpass_hz=highpass_hz,
+                           trim_silence=trim_silence, trim_keep_s=trim_keep_s, downmix=downmix)[0]
 
 
 def _distance(verification: VerificationReport, target: LoudnessTarget) -> float:
@@ -633,6 +766,215 @@ def _attempt_path(out: Path, token: str, attempt: int) -> Path:
     return out.parent / f".{out.name}.{token}.attempt{attempt}"
 
 
+class _Attempt(NamedTuple):
+    distance: float
+    number: int
+    path: Path
+    plan: ProcessingPlan
+    processing: ProcessingStats
+    encode: EncodeResult
+    verification: VerificationReport
+
+
+def _render_pass(source, src_rate: int, jobs: list[tuple[ProcessingPlan, EncoderSettings, Path, bool]],
+                 tags: Mapping[str, str]) -> list[tuple[ProcessingStats, EncodeResult, LimiterLossModel | None]]:
+    """One decode of ``source`` feeding one processing chain + encoder per job (plan, settings, path, dual-mono).
+
+    A limited chain also feeds a :class:`LimiterLossModel` of what its limiter saw, so that a
+    retry can predict the limiter's loss at a new gain or ceiling without another pass.
+    """
+    chains: list[ProcessingChain] = []
+    encoders: list[Encoder] = []
+    models: list[LimiterLossModel | None] = []
+    try:
+        for plan, settings, path, dual in jobs:
+            model = (LimiterLossModel(sample_rate_hz=plan.output_sample_rate_hz, channels=plan.output_channels,
+                                      dual_mono=dual, lookahead_ms=plan.limiter_lookahead_ms,
+                                      release_ms=plan.limiter_release_ms)
+                     if plan.ceiling_dbtp is not None else None)
+            models.append(model)
+            chains.append(ProcessingChain(sample_rate_hz=src_rate, plan=plan, loss_model=model))
+            encoders.append(Encoder(path, settings=settings, tags=tags))
+        for block in stoppable(iter_blocks(source)):
+            for chain, encoder in zip(chains, encoders, strict=True):
+                encoder.write(chain.process(block))
+        results = []
+        for chain, encoder, model in zip(chains, encoders, models, strict=True):
+            encoder.write(chain.flush())
+            results.append((chain.stats(), encoder.close(), model))
+        return results
+    except BaseException:
+        for encoder in encoders:
+            encoder.abort()
+        raise
+
+
+class _RenditionRun:
+    """The attempts of one rendition: verification, corrections, and the attempt kept."""
+
+    def __init__(self, out: Path, settings: EncoderSettings, target: LoudnessTarget, planned: RenditionPlan,
+                 token: str):
+        self.out, self.settings, self.target, self.planned, self.token = out, settings, target, planned, token
+        self.plan = planned.plan
+        self.aim = planned.aim_lufs
+        self.dual = _played_as_dual_mono(settings.channels, target)
+        self.tried: list[_Attempt] = []
+        self.reasons: list[str] = []
+        self.model: LimiterLossModel | None = None
+        self.done = False
+
+    def job(self) -> tuple[ProcessingPlan, EncoderSettings, Path, bool]:
+        return self.plan, self.settings, _attempt_path(self.out, self.token, len(self.tried) + 1), self.dual
+
+    def record(self, stats: ProcessingStats, encoded: EncodeResult, model: LimiterLossModel | None) -> None:
+        """Verify the attempt just rendered and decide whether (and how) to render again."""
+        target, settings = self.target, self.settings
+        attempt = len(self.tried) + 1
+        path = Path(encoded.path)
+        if model is not None and model.samples:
+            self.model = model
+        verification = verify_rendition(path, settings=settings, target=target, name=self.out.name,
+                                        expected_duration_s=self.planned.expected_duration_s, processing=stats)
+        distance = _distance(verification, target)
+        best = min(self.tried) if self.tried else None
+        self.tried.append(_Attempt(distance, attempt, path, self.plan, stats, encoded, verification))
+        self.done = True
+        if verification.passed or settings.lossless:
+            return
+        if best is not None and distance >= best.distance:
+            self.reasons.append(f"attempt {attempt} was no closer to the targets ({distance:.2f} dB past them) than "
+                                f"attempt {best.number} ({best.distance:.2f} dB): stopped")
+            return
+        if attempt == MAX_ATTEMPTS:
+            self.reasons.append(f"attempt {attempt} still misses: "
+                                f"{'; '.join(c.message for c in verification.failures)}")
+            return
+        update, self.aim, why = _retry_update(self.plan, self.aim, verification, settings=settings, target=target)
+        if not update:
+            return  # a miss no retry can fix (duration, channels, rate, noise floor, gain reduction)
+        update["gain_db"] = min(update.get("gain_db", self.plan.gain_db), target.max_gain_db)
+        plan = self.plan.model_copy(update=update)
+        if (plan.ceiling_dbtp is not None and self.aim is not None and self.model is not None
+                and self.planned.delivered_lufs is not None):
+            # The limiter's loss at the new gain / ceiling, predicted from what it saw this attempt.
+            gain, loss = self.model.solve_gain_db(delivered_lufs=self.planned.delivered_lufs, aim_lufs=self.aim,
+                                                  ceiling_dbtp=plan.ceiling_dbtp, max_gain_db=target.max_gain_db)
+            plan = plan.model_copy(update={"gain_db": gain})
+            why.append(f"gain {gain:+.2f} dB (limiter predicted to take {loss:.2f} LU)")
+        self.reasons.append(f"attempt {attempt}: " + "; ".join(why) + "; rendered again")
+        self.plan = plan
+        self.done = False
+
+    def publish(self) -> RenditionResult:
+        """Tag the best attempt from its verified measurement and move it to ``out``."""
+        kept = min(self.tried)
+        settings = self.settings
+        loudness = kept.verification.loudness
+        # WAV deliveries (broadcast) get no ID3 chunk: playout systems read loudness from BWF, not tags.
+        measured_tags = {} if settings.codec == "wav" else gain_tags(
+            settings.codec, integrated_lufs=loudness.integrated_lufs, true_peak_dbtp=loudness.true_peak_dbtp)
+        write_tags(kept.path, measured_tags, codec=settings.codec)
+        os.replace(kept.path, self.out)
+        encoded = kept.encode.model_copy(update={"path": str(self.out), "size_bytes": self.out.stat().st_size})
+        verification = kept.verification.model_copy(update={"path": str(self.out)})
+        return RenditionResult(path=str(self.out), settings=settings, plan=kept.plan, processing=kept.processing,
+                               encode=encoded, verification=verification, attempts=len(self.tried),
+                               kept_attempt=kept.number, retry_reason="; ".join(self.reasons) or None,
+                               gain_tags=measured_tags)
+
+
+def render_renditions(
+    source: str | os.PathLike,
+    out_paths: Sequence[str | os.PathLike],
+    *,
+    settings: Sequence[EncoderSettings],
+    target: LoudnessTarget,
+    analysis: AnalysisReport,
+    planned: Sequence[RenditionPlan],
+    tags: Mapping[str, str] | None = None,
+) -> list[RenditionResult]:
+    """Render, encode and verify every rendition of a source from one decode.
+
+    1. One streaming pass (bounded memory: blocks, never the whole file) decodes the source
+       once and feeds one processing chain and one encoder per rendition.
+    2. Each encoded file is decoded and re-measured (:func:`verify_rendition`): the only
+       other full pass per rendition.
+    3. Only a lossy rendition that misses is rendered again, alone, with corrections that
+       *accumulate*: the pre-encode loudness aim moves by the measured miss (``aim = aim +
+       (target - measured)``), a true-peak overshoot lowers the limiter ceiling by the
+       overshoot plus a margin, and the limiter's loss at the new gain and ceiling is
+       predicted from what it saw in the attempt before
+       (:class:`~puresound_core.limiter_loss.LimiterLossModel`). Every attempt must be
+       closer than the best one before it, else the loop stops and says why; the best
+       attempt is kept.
+    4. Gain tags (ReplayGain 2.0 / Opus R128) are written from the verified measurement, and
+       each file is moved to its place atomically.
+
+    Parameters
+    ----------
+    source : str or path-like
+        Read only; never modified.
+    out_paths : sequence of str or path-like
+        One per rendition; each written atomically, replaced if it exists.
+    settings : sequence of EncoderSettings
+    target : LoudnessTarget
+    analysis : AnalysisReport
+        Of the source (rate; tags to carry over).
+    planned : sequence of RenditionPlan
+        From :func:`plan_renditions` with the same settings.
+    tags : mapping, optional
+        Tags to carry over (title, artist, album, date); defaults to the source's own
+        (``analysis.probe.tags``).
+
+    Returns
+    -------
+    list of RenditionResult
+        ``verification.passed`` is False when a rendition misses a target after the
+        retries; the caller decides whether to publish it.
+
+    Raises
+    ------
+    InvalidAudioError
+        If the source cannot be decoded.
+    EncodingError
+        If an encoder fails.
+    ComplianceError
+        If a plan has problems (reject the source instead).
+
+    References
+    ----------
+    ITU-R BS.1770-4; EBU R 128; FFmpeg encoders (libmp3lame, aac, libopus, flac).
+    """
+    from .errors import ComplianceError
+
+    if not (len(out_paths) == len(settings) == len(planned)):
+        raise ValueError("render_renditions: out_paths, settings and planned differ in length")
+    problems = [p.message for plan in planned for p in plan.problems]
+    if problems:
+        raise ComplianceError("; ".join(problems))
+    src_rate = analysis.loudness.sample_rate_hz
+    if tags is None:
+        tags = analysis.probe.tags if analysis.probe is not None else {}
+    carried = {k: v for k, v in tags.items() if k in ("title", "artist", "album", "date")}
+    token = uuid.uuid4().hex[:12]  # two processes rendering the same rendition never share attempt files
+    runs = [_RenditionRun(Path(out), s, target, plan, token) for out, s, plan in zip(out_paths, settings, planned)]
+    try:
+        pending = runs
+        while pending:
+            # The first attempt of every rendition shares one decode; retries are one rendition each.
+            batches = [pending] if all(not run.tried for run in pending) else [[run] for run in pending]
+            for batch in batches:
+                rendered = _render_pass(source, src_rate, [run.job() for run in batch], carried)
+                for run, (stats, encoded, model) in zip(batch, rendered, strict=True):
+                    run.record(stats, encoded, model)
+            pending = [run for run in runs if not run.done]
+        return [run.publish() for run in runs]
+    finally:
+        for run in runs:
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                _attempt_path(run.out, token, attempt).unlink(missing_ok=True)
+
+
 def render_rendition(
     source: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -647,7 +989,9 @@ def render_rendition(
     tags: Mapping[str, str] | None = None,
     planned: RenditionPlan | None = None,
 ) -> RenditionResult:
-    """Render, encode and verify one rendition of a source file.
+    """Plan (unless ``planned`` is given), render, encode and verify one rendition.
+
+    :func:`plan_rendition` then :func:`render_renditions` for one rendition.
 
     Parameters
     ----------
@@ -658,106 +1002,30 @@ def render_rendition(
     settings : EncoderSettings
     target : LoudnessTarget
     analysis : AnalysisReport
-        Of the source (gives rate, channels, layout, silence and, when the chain is the
-        identity, the loudness to plan from).
     highpass_hz : float, optional
     trim_silence : bool
         Cut leading / trailing silence found by analysis, keeping ``trim_keep_s`` of it.
+    trim_keep_s : float
     downmix : {"bs775", "legacy"}
     tags : mapping, optional
-        Tags to carry over (title, artist, album, date); defaults to the source's own
-        (``analysis.probe.tags``).
+        See :func:`render_renditions`.
     planned : RenditionPlan, optional
         From :func:`plan_rendition` with the same arguments (saves planning twice).
 
     Returns
     -------
     RenditionResult
-        ``verification.passed`` is False when the rendition misses a target after the
-        retries; the caller decides whether to publish it.
 
     Raises
     ------
-    InvalidAudioError
-        If the source cannot be decoded.
-    EncodingError
-        If the encoder fails.
-    ComplianceError
-        If the plan has problems (call :func:`plan_rendition` first and reject the source).
-
-    References
-    ----------
-    ITU-R BS.1770-4; EBU R 128; FFmpeg encoders (libmp3lame, aac, libopus, flac).
+    InvalidAudioError, EncodingError, ComplianceError
+        As :func:`render_renditions`.
     """
-    from .errors import ComplianceError
-
-    out = Path(out_path)
     planned = planned or plan_rendition(source, settings=settings, target=target, analysis=analysis,
                                         highpass_hz=highpass_hz, trim_silence=trim_silence,
                                         trim_keep_s=trim_keep_s, downmix=downmix)
-    if planned.problems:
-        raise ComplianceError("; ".join(p.message for p in planned.problems))
-    src_rate = analysis.loudness.sample_rate_hz
-    dual = _played_as_dual_mono(settings.channels, target)
-    plan = planned.plan
-    aim = planned.aim_lufs
-    if plan.ceiling_dbtp is not None and aim is not None:
-        plan = _compensate_limiter_loss(source, src_rate, plan, aim_lufs=aim, within_lu=target.tolerance_lu / 4,
-                                        dual_mono=dual, max_gain_db=target.max_gain_db)
-
-    if tags is None:
-        tags = analysis.probe.tags if analysis.probe is not None else {}
-    carried = {k: v for k, v in tags.items() if k in ("title", "artist", "album", "date")}
-    reasons: list[str] = []
-    tried: list[tuple[float, int, Path, ProcessingPlan, ProcessingStats, EncodeResult, VerificationReport]] = []
-    token = uuid.uuid4().hex[:12]  # two processes rendering the same rendition never share attempt files
-    try:
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            stats: list[ProcessingStats] = []
-            path = _attempt_path(out, token, attempt)
-            encoded = encode_blocks(process_blocks(stoppable(iter_blocks(source)), sample_rate_hz=src_rate,
-                                                   plan=plan, stats_out=stats), path, settings=settings, tags=carried)
-            verification = verify_rendition(path, settings=settings, target=target, name=out.name,
-                                            expected_duration_s=planned.expected_duration_s, processing=stats[0])
-            distance = _distance(verification, target)
-            best = min(tried, key=lambda t: (t[0], t[1])) if tried else None
-            tried.append((distance, attempt, path, plan, stats[0], encoded, verification))
-            if verification.passed or settings.lossless:
-                break
-            if best is not None and distance >= best[0]:
-                reasons.append(f"attempt {attempt} was no closer to the targets ({distance:.2f} dB past them) than "
-                               f"attempt {best[1]} ({best[0]:.2f} dB): stopped")
-                break
-            if attempt == MAX_ATTEMPTS:
-                reasons.append(f"attempt {attempt} still misses: {'; '.join(c.message for c in verification.failures)}")
-                break
-            update, aim, why = _retry_update(plan, aim, verification, settings=settings, target=target)
-            if not update:
-                break  # a miss no retry can fix (duration, channels, rate, noise floor, gain reduction)
-            update["gain_db"] = min(update.get("gain_db", plan.gain_db), target.max_gain_db)
-            reasons.append(f"attempt {attempt}: " + "; ".join(why) + "; rendered again")
-            lowered = "ceiling_dbtp" in update and update["ceiling_dbtp"] != plan.ceiling_dbtp
-            plan = plan.model_copy(update=update)
-            if lowered and aim is not None:
-                # A lower ceiling limits harder and takes loudness off: win it back up to the aim.
-                plan = _compensate_limiter_loss(source, src_rate, plan, aim_lufs=aim,
-                                                within_lu=target.tolerance_lu / 4, dual_mono=dual,
-                                                max_gain_db=target.max_gain_db)
-        distance, kept, path, plan, processing, encoded, verification = min(tried, key=lambda t: (t[0], t[1]))
-        # WAV deliveries (broadcast) get no ID3 chunk: playout systems read loudness from BWF, not tags.
-        measured_tags = {} if settings.codec == "wav" else gain_tags(
-            settings.codec, integrated_lufs=verification.loudness.integrated_lufs,
-            true_peak_dbtp=verification.loudness.true_peak_dbtp)
-        write_tags(path, measured_tags, codec=settings.codec)
-        os.replace(path, out)
-    finally:
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            _attempt_path(out, token, attempt).unlink(missing_ok=True)
-    encoded = encoded.model_copy(update={"path": str(out), "size_bytes": out.stat().st_size})
-    verification = verification.model_copy(update={"path": str(out)})
-    return RenditionResult(path=str(out), settings=settings, plan=plan, processing=processing,
-                           encode=encoded, verification=verification, attempts=len(tried), kept_attempt=kept,
-                           retry_reason="; ".join(reasons) or None, gain_tags=measured_tags)
+    return render_renditions(source, [out_path], settings=[settings], target=target, analysis=analysis,
+                             planned=[planned], tags=tags)[0]
 
 
 def decoded_sha256(path: str | os.PathLike) -> str:

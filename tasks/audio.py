@@ -1,5 +1,8 @@
 """Audio tasks: fingerprint, inspect (validate + analyse), plan, render. Thin wrappers of puresound_core.
 
+Each source is decoded once to inspect, at most once to plan, once to render every
+rendition, and each rendition once to verify.
+
 Cache keys are the content SHA-256 plus what changes the output (limits, preset
 fingerprint and version, rendition, code version), never paths. DSP is deterministic, so
 these tasks have no retries; results are persisted so a re-run does no audio work.
@@ -20,9 +23,9 @@ from puresound_core.analysis import AnalysisReport, Inspection
 from puresound_core.audio import FFMPEG_VERSION
 from puresound_core.errors import PureSoundError
 from puresound_core.isolation import inspect_isolated, is_transient_failure
-from puresound_core.policy import rendition_plans, resolve_encoder
+from puresound_core.policy import render_preset, rendition_plans
 from puresound_core.presets import Preset, Rendition
-from puresound_core.render import RenditionPlan, RenditionResult, bit_exact_check, render_rendition
+from puresound_core.render import RenditionPlan, RenditionResult
 from puresound_core.storage import sha256_file
 from puresound_core.validation import ValidationLimits
 
@@ -51,11 +54,9 @@ def _digest(*parts: str) -> str:
 
 
 def _named(step: str):
-    """``task_run_name`` callable: the step and the file (and rendition) it works on, for the UI."""
+    """``task_run_name`` callable: the step and the file it works on, for the UI."""
     def name(parameters: dict) -> str:
-        label = f"{step} {Path(parameters['path']).name}"
-        rendition = parameters.get("rendition")
-        return f"{label} {rendition.name}" if rendition is not None else label
+        return f"{step} {Path(parameters['path']).name}"
     return name
 
 
@@ -86,7 +87,7 @@ def rendition_work_path(work_dir: str, sha256: str, preset: Preset, rendition: R
 
 def _render_key(_: TaskRunContext, p: dict) -> str:
     return _digest("render", p["sha256"], p["preset"].name, p["preset"].version, p["preset"].fingerprint,
-                   p["rendition"].name, CODE_VERSION)
+                   CODE_VERSION)
 
 
 @task(name="fingerprint", task_run_name=_named("fingerprint"))
@@ -183,62 +184,50 @@ def plan(path: str, sha256: str, preset: Preset, analysis: AnalysisReport) -> li
     return rendition_plans(preset, path, analysis)
 
 
-@task(name="render-rendition", task_run_name=_named("render"), cache_key_fn=_render_key,
-      persist_result=True)
-def render(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
-           work_dir: str, planned: RenditionPlan | None = None) -> RenditionResult:
-    """Render, encode and verify one rendition into the work area (:func:`render_rendition`).
+@task(name="render-renditions", task_run_name=_named("render"), cache_key_fn=_render_key, persist_result=True)
+def render(path: str, sha256: str, preset: Preset, analysis: AnalysisReport, work_dir: str,
+           plans: list[RenditionPlan]) -> list[RenditionResult]:
+    """Render, encode and verify every rendition of the preset into the work area, from one decode.
 
-    A cached result points at its file in the work area; :func:`render_cached` renders again
-    when that file has been removed since.
-
-    For lossless archive presets the decoded samples must hash like the source's, else
-    the verification carries a failed ``bit_exact`` check.
+    :func:`puresound_core.policy.render_preset`; a cached result points at files in the work
+    area, and :func:`render_cached` renders again when one of them has been removed since.
 
     Parameters
     ----------
     path : str
         Local source file.
     sha256 : str
-        Its content hash; with the preset (name, version, fingerprint), rendition and code
-        version, the cache key.
+        Its content hash; with the preset (name, version, fingerprint) and code version, the
+        cache key.
     preset : Preset
-    rendition : Rendition
     analysis : AnalysisReport
     work_dir : str
-        Work area; the file goes to :func:`rendition_work_path`.
-    planned : RenditionPlan, optional
-        From :func:`plan` (not part of the cache key: it is a function of the others).
+        Work area; the files go to :func:`rendition_work_path`.
+    plans : list of RenditionPlan
+        From :func:`plan` (not part of the cache key: a function of the others).
 
     Returns
     -------
-    RenditionResult
-        ``verification.passed`` says whether the rendition may be published.
+    list of RenditionResult
+        In the order of ``preset.renditions``; ``verification.passed`` says whether each may
+        be published.
 
     Raises
     ------
     InvalidAudioError, EncodingError
-        From :func:`puresound_core.render.render_rendition`.
+        From :func:`puresound_core.render.render_renditions`.
     """
-    out = rendition_work_path(work_dir, sha256, preset, rendition)
-    result = render_rendition(
-        path, out, settings=resolve_encoder(rendition, analysis.probe), target=preset.loudness, analysis=analysis,
-        highpass_hz=preset.processing.highpass_hz, trim_silence=preset.processing.trim_silence,
-        trim_keep_s=preset.processing.trim_keep_s, downmix=preset.processing.downmix, planned=planned)
-    if preset.lossless_archive:
-        check = bit_exact_check(path, out)
-        verification = result.verification.model_copy(update={
-            "checks": [*result.verification.checks, check], "passed": result.verification.passed and check.passed})
-        result = result.model_copy(update={"verification": verification})
-    return result
+    outs = [rendition_work_path(work_dir, sha256, preset, rendition) for rendition in preset.renditions]
+    return render_preset(preset, path, analysis, plans, outs)
 
 
-def render_cached(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
-                  work_dir: str, planned: RenditionPlan | None = None) -> RenditionResult:
-    """:func:`render`, refreshing the cache when the cached result's file no longer exists.
+def render_cached(path: str, sha256: str, preset: Preset, analysis: AnalysisReport, work_dir: str,
+                  plans: list[RenditionPlan]) -> list[RenditionResult]:
+    """:func:`render`, refreshing the cache when a cached result's file no longer exists.
 
     With ``PURESOUND_ENCODE_CONCURRENCY_LIMIT`` naming a Prefect global concurrency limit, every
-    render holds one of its slots, which caps encoders across all runs and workers.
+    render holds one of its slots (one source's renditions are encoded in one thread), which
+    caps encoding across all runs and workers.
 
     Parameters and return value are those of :func:`render`.
     """
@@ -247,13 +236,13 @@ def render_cached(path: str, sha256: str, preset: Preset, rendition: Rendition, 
         from prefect.concurrency.sync import concurrency
 
         with concurrency(limit, occupy=1):
-            return _render_or_refresh(path, sha256, preset, rendition, analysis, work_dir, planned)
-    return _render_or_refresh(path, sha256, preset, rendition, analysis, work_dir, planned)
+            return _render_or_refresh(path, sha256, preset, analysis, work_dir, plans)
+    return _render_or_refresh(path, sha256, preset, analysis, work_dir, plans)
 
 
-def _render_or_refresh(path: str, sha256: str, preset: Preset, rendition: Rendition, analysis: AnalysisReport,
-                       work_dir: str, planned: RenditionPlan | None) -> RenditionResult:
-    result = render(path, sha256, preset, rendition, analysis, work_dir, planned)
-    if not Path(result.path).exists():
-        result = render.with_options(refresh_cache=True)(path, sha256, preset, rendition, analysis, work_dir, planned)
-    return result
+def _render_or_refresh(path: str, sha256: str, preset: Preset, analysis: AnalysisReport, work_dir: str,
+                       plans: list[RenditionPlan]) -> list[RenditionResult]:
+    results = render(path, sha256, preset, analysis, work_dir, plans)
+    if not all(Path(r.path).exists() for r in results):
+        results = render.with_options(refresh_cache=True)(path, sha256, preset, analysis, work_dir, plans)
+    return results
