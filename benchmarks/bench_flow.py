@@ -1,7 +1,8 @@
 """Prefect overhead and re-run cost of a preset flow, against a running Prefect server.
 
-Bars (issue 3):
-* the flow path is at most 10 % slower than the same core calls in a plain loop;
+Bars (issues 3 and 8):
+* the flow path is at most 10 % slower than the same core calls in a plain loop (both with
+  one worker process per core: inspect in an isolated child, plan, render, store);
 * running the same batch again (cached) takes <= 5 % of the first run's time;
 * temporary-server start-up is reported separately.
 
@@ -25,34 +26,33 @@ HERE = Path(__file__).resolve().parent
 PORT = 4299
 
 PLAIN_LOOP = r'''
-import json, sys, time
-from concurrent.futures import ThreadPoolExecutor
+import json, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from puresound_core.storage import list_local_files
-from puresound_core.analysis import analyze_file
+from puresound_core.isolation import inspect_isolated
 from puresound_core.lineage import LineageStore
 from puresound_core.presets import BUILTIN_PRESETS
-from puresound_core.render import render_rendition
+from puresound_core.policy import plan_rules, render_preset, rendition_plans, source_rules
 from puresound_core.storage import LocalStorage, sha256_file
-from puresound_core.validation import validate_file
-from puresound_core.policy import resolve_encoder
 preset = BUILTIN_PRESETS["podcast"]
 out, state, sources = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
-store = LineageStore(f"sqlite:///{state / 'lineage.sqlite'}")
-storage = LocalStorage(out)
 def one(path):
+    store = LineageStore(f"sqlite:///{state / 'lineage.sqlite'}")
+    storage = LocalStorage(out)
     sha = sha256_file(path)
-    if not validate_file(path, preset.validation).passed:
+    inspection = inspect_isolated(path, preset.validation)
+    if not inspection.validation.passed or source_rules(preset, inspection.validation.probe):
         return
-    analysis = analyze_file(path)
-    for r in preset.renditions:
-        work = state / sha / f"{r.name}.{r.encoder.extension}"
-        result = render_rendition(path, work, settings=resolve_encoder(r, analysis.probe), target=preset.loudness,
-                                  analysis=analysis)
+    plans = rendition_plans(preset, path, inspection.analysis)
+    if plan_rules(preset, plans):
+        return
+    works = [state / sha / f"{r.name}.{r.encoder.extension}" for r in preset.renditions]
+    for result, work in zip(render_preset(preset, path, inspection.analysis, plans, works), works):
         storage.put_file(result.path, f"podcast/{sha[:8]}/{work.name}")
     store.record_source(sha256=sha, uri=Path(path).resolve().as_uri(), size_bytes=Path(path).stat().st_size, probe={})
 t0 = time.perf_counter()
-with ThreadPoolExecutor(2) as pool:
+with ProcessPoolExecutor(os.cpu_count()) as pool:
     list(pool.map(one, list_local_files(sources)))
 print(json.dumps({"seconds": time.perf_counter() - t0}))
 '''
@@ -61,7 +61,7 @@ FLOW_RUN = r'''
 import json, sys, time
 from flows.presets import RunRequest, preset_flow
 from puresound_core.presets import BUILTIN_PRESETS
-flow_fn = preset_flow(BUILTIN_PRESETS["podcast"], workers=2)
+flow_fn = preset_flow(BUILTIN_PRESETS["podcast"])  # PURESOUND_WORKERS: the core count
 t0 = time.perf_counter()
 state = flow_fn(request=RunRequest(sources=sys.argv[2:], output_dir=sys.argv[1]), return_state=True)
 print(json.dumps({"seconds": time.perf_counter() - t0, "state": state.type.value}))

@@ -1,6 +1,7 @@
-"""Peak memory while analysing, rendering and encoding a 2-hour stereo 48 kHz file.
+"""Peak memory of one worker taking a 2-hour stereo 48 kHz file through the podcast preset.
 
-Bar (issue 2): peak RSS <= 1 GB. The file is made once (FLAC, looped real music) in
+Bar (issues 2 and 8): peak RSS <= 1 GB per worker (inspect, plan, render both renditions,
+verify). The file is made once (FLAC, looped real music) in
 ``benchmarks/_work``; the measurement runs in a fresh process so the making does not count.
 Run: ``python benchmarks/bench_memory.py`` (about 5 minutes on 2 cores).
 """
@@ -18,23 +19,25 @@ DURATION_S = 2 * 3600.0
 
 
 def measure(path: str) -> dict:
-    from puresound_core.analysis import analyze_file
-    from puresound_core.audio import EncoderSettings
-    from puresound_core.render import LoudnessTarget, render_rendition
+    from puresound_core.analysis import inspect_file
+    from puresound_core.policy import render_preset, rendition_plans
+    from puresound_core.presets import BUILTIN_PRESETS
 
+    preset = BUILTIN_PRESETS["podcast"]
     out = {}
     t0 = time.perf_counter()
-    analysis = analyze_file(path)
+    analysis = inspect_file(path, preset.validation).analysis
     out["analysis_s"] = time.perf_counter() - t0
     out["rss_after_analysis_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    result = render_rendition(
-        path, Path(path).with_suffix(".rendition.mp3"),
-        settings=EncoderSettings(codec="mp3", bitrate_kbps=128, sample_rate_hz=44100, channels=2),
-        target=LoudnessTarget(target_lufs=-16.0, tolerance_lu=1.0, ceiling_dbtp=-1.0),
-        analysis=analysis)
+    plans = rendition_plans(preset, path, analysis)
+    out["plan_s"] = time.perf_counter() - t0
+    out["rss_after_plan_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    outs = [Path(path).with_suffix(f".{r.name}.{r.encoder.extension}") for r in preset.renditions]
+    results = render_preset(preset, path, analysis, plans, outs)
     out["render_encode_verify_s"] = time.perf_counter() - t0
-    out["verified"] = result.verification.passed
+    out["verified"] = all(r.verification.passed for r in results)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -54,8 +57,9 @@ def main() -> None:
     print(f"input: {path.name}, {DURATION_S / 3600:.0f} h stereo 48 kHz FLAC "
           f"({path.stat().st_size / 1e6:.0f} MB; made in {made_s:.0f} s)")
     print(f"{'step':34} {'seconds':>8} {'peak RSS MB':>12}")
-    print(f"{'analyse (decode+loudness+content)':34} {result['analysis_s']:8.1f} {result['rss_after_analysis_mb']:12.0f}")
-    print(f"{'render+encode MP3+verify':34} {result['render_encode_verify_s']:8.1f} {result['peak_rss_mb']:12.0f}")
+    print(f"{'inspect (validate+analyse)':34} {result['analysis_s']:8.1f} {result['rss_after_analysis_mb']:12.0f}")
+    print(f"{'plan (mono down-mix, limiter)':34} {result['plan_s']:8.1f} {result['rss_after_plan_mb']:12.0f}")
+    print(f"{'render MP3+Opus, verify both':34} {result['render_encode_verify_s']:8.1f} {result['peak_rss_mb']:12.0f}")
     print(f"verified: {result['verified']}; bar: peak RSS <= 1024 MB")
 
 

@@ -45,8 +45,8 @@ def build_deployments(presets: dict[str, Preset], settings: PureSoundSettings) -
         root = str(Path(root).resolve())
     deployments = []
     for preset in presets.values():
-        flow_fn = preset_flow(preset, workers=settings.workers)
-        ingest = ingest_flow(preset, workers=settings.workers)
+        flow_fn = preset_flow(preset)
+        ingest = ingest_flow(preset)
         tags = ["puresound", f"preset:{preset.name}"]
         deployments.append(ingest.to_deployment(
             name=NIGHTLY, entrypoint_type=EntrypointType.MODULE_PATH, tags=[*tags, NIGHTLY],

@@ -20,21 +20,25 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from flows.models import RenditionSummary, SourceOutcome, SourceRef, display_name
+from flows.runner import content_lock
 from puresound_core.cancel import check_stop
 from puresound_core.policy import plan_rules, room_tone_warnings, source_rules
 from puresound_core.presets import Preset
 from puresound_core.storage import sha256_file
-from tasks.audio import CODE_VERSION, TransientInspectionError, fingerprint, inspect, plan, render_cached
-from tasks.publish import fetch_source, record_lineage, store_rendition_as_asset, store_report
-
-_locks_guard = threading.Lock()
-_locks: dict[str, threading.Lock] = {}
-
-
-def _content_lock(key: str) -> threading.Lock:
-    """One lock per content + preset in this process (threads of a batch share the work area)."""
-    with _locks_guard:
-        return _locks.setdefault(key, threading.Lock())
+from tasks.audio import (
+    CODE_VERSION,
+    TransientInspectionError,
+    fingerprint,
+    inspect,
+    plan,
+    render_cached,
+)
+from tasks.publish import (
+    fetch_source,
+    record_lineage,
+    store_rendition_as_asset,
+    store_report,
+)
 
 
 def readable_alias(path: str, work_dir: str) -> str:
@@ -164,7 +168,7 @@ def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir:
         return finish_rejected(validation.failures)
 
     # Identical inputs in one batch render once: the second waits, then finds the cached render.
-    with _content_lock(f"{sha256}:{preset.fingerprint}"):
+    with content_lock(work_dir, f"{sha256}:{preset.fingerprint}"):
         analysis = inspection.analysis
         problems = source_rules(preset, validation.probe)
         if problems:

@@ -19,22 +19,34 @@ from pathlib import Path
 
 import av
 from prefect import flow, get_run_logger
-from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
-                               create_table_artifact, update_progress_artifact)
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
-from prefect.task_runners import ThreadPoolTaskRunner
 
 import puresound_core
 from flows.dynamic import entry_name
-from flows.models import BatchReport, RunRequest, SourceOutcome, SourceRef, lineage_markdown, summary_rows
+from flows.models import (
+    BatchReport,
+    RunRequest,
+    SourceOutcome,
+    SourceRef,
+    lineage_markdown,
+    summary_rows,
+)
 from flows.pipeline import process_source
+from flows.runner import batch_task_runner
 from flows.sources import already_published, list_sources
 from puresound.report_html import render_report_html
 from puresound.settings import PureSoundSettings, open_storage
 from puresound_core.audio import FFMPEG_VERSION
-from puresound_core.cancel import Cancelled, clear_stop, request_stop, stop_requested
+from puresound_core.cancel import Cancelled, clear_stop, request_stop, stop_reason, stop_requested
 from puresound_core.errors import PureSoundError
 from puresound_core.lineage import LineageStore
 from puresound_core.presets import Preset
@@ -63,8 +75,31 @@ class _StopOnSigterm:
             signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
 
 
+def _collect(futures: dict, preset: Preset, on_progress: ProgressCallback | None,
+             progress_id) -> dict[str, SourceOutcome]:
+    """Each file's outcome as it finishes; an error or a stop is that file's outcome, never the batch's."""
+    logger = get_run_logger()
+    outcomes: dict[str, SourceOutcome] = {}
+    for done, future in enumerate(as_completed(list(futures)), start=1):
+        ref = futures[future]
+        try:
+            outcomes[ref.uri] = future.result()
+        except Cancelled as err:  # a worker process knows only that a stop was asked; this process knows why
+            reason = f"stopped: {stop_reason()}" if stop_reason() else str(err)
+            outcomes[ref.uri] = SourceOutcome(path=ref.display, verdict="failed", reason=reason)
+        except Exception as err:  # noqa: BLE001 - one bad file never sinks the batch
+            outcomes[ref.uri] = SourceOutcome(path=ref.display, verdict="failed",
+                                              reason=f"{type(err).__name__}: {err}")
+            logger.warning("%s: failed: %s: %s", ref.name, type(err).__name__, err)
+        update_progress_artifact(progress_id, progress=100.0 * done / max(len(futures), 1),
+                                 description=f"{preset.name}: {done} of {len(futures)} files")
+        if on_progress is not None:
+            on_progress(done, len(futures), outcomes[ref.uri])
+    return outcomes
+
+
 def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None, *,
-              skip_published: bool = False, on_progress: ProgressCallback | None = None):
+              skip_published: bool = False, on_progress: ProgressCallback | None = None, workers: int | None = None):
     """Body of every preset flow (see module docstring); call it inside a flow run.
 
     Parameters
@@ -81,6 +116,10 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
         them; a local file seen under another name is recognised by its SHA-256.
     on_progress : callable, optional
         ``fn(done, total, outcome)`` after each file.
+    workers : int, optional
+        Files at once; default ``PURESOUND_WORKERS`` (the number of cores). With
+        ``PURESOUND_TASK_RUNNER=process`` (the default) they run in worker processes
+        (:mod:`flows.runner`).
 
     Returns
     -------
@@ -123,21 +162,12 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
     try:
         with _StopOnSigterm():
             progress_id = create_progress_artifact(progress=0.0, description=f"{preset.name}: 0 of {len(refs)} files")
-            futures = {process_source.submit(ref, preset, output, work_dir, database_url, run_id): ref for ref in refs}
-            for done, future in enumerate(as_completed(list(futures)), start=1):
-                ref = futures[future]
-                try:
-                    outcomes[ref.uri] = future.result()
-                except Cancelled as err:
-                    outcomes[ref.uri] = SourceOutcome(path=ref.display, verdict="failed", reason=str(err))
-                except Exception as err:  # one bad file never sinks the batch
-                    outcomes[ref.uri] = SourceOutcome(path=ref.display, verdict="failed",
-                                                      reason=f"{type(err).__name__}: {err}")
-                    logger.warning("%s: failed: %s: %s", ref.name, type(err).__name__, err)
-                update_progress_artifact(progress_id, progress=100.0 * done / max(len(refs), 1),
-                                         description=f"{preset.name}: {done} of {len(refs)} files")
-                if on_progress is not None:
-                    on_progress(done, len(refs), outcomes[ref.uri])
+            runner = batch_task_runner(settings.task_runner, workers or settings.workers, len(refs))
+            with runner:
+                futures = {runner.submit(process_source, {"source": ref, "preset": preset, "output_dir": output,
+                                                          "work_dir": work_dir, "database_url": database_url,
+                                                          "run_id": run_id}): ref for ref in refs}
+                outcomes.update(_collect(futures, preset, on_progress, progress_id))
         stopped = "SIGTERM: files not finished were abandoned" if stop_requested() else None
         ordered = [outcomes[r.uri] for r in refs]
         counts = {v: sum(o.verdict == v for o in ordered) for v in ("published", "rejected", "failed")}
@@ -178,6 +208,25 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
                              f"{counts['skipped']} skipped", data=report)
 
 
+class _LocalCallback:
+    """A callback that stays in this process.
+
+    Prefect pickles the flow (and so its function's closure) into each task worker process;
+    a progress callback holding a console cannot be pickled and is not needed there, so the
+    copy a worker gets does nothing.
+    """
+
+    def __init__(self, fn: ProgressCallback | None):
+        self.fn = fn
+
+    def __call__(self, done: int, total: int, outcome: SourceOutcome) -> None:
+        if self.fn is not None:
+            self.fn(done, total, outcome)
+
+    def __reduce__(self):
+        return (_LocalCallback, (None,))
+
+
 #: Names Prefect generates for runs nobody named (``generate_slug(2)``: "witty-okapi").
 _GENERATED_NAME = re.compile(r"^[a-z]+-[a-z]+$")
 
@@ -207,14 +256,14 @@ def _importable_as(fn, name: str) -> None:
     fn.__module__, fn.__name__, fn.__qualname__ = "flows.dynamic", name, name
 
 
-def preset_flow(preset: Preset, *, workers: int = 2, on_progress: ProgressCallback | None = None):
+def preset_flow(preset: Preset, *, workers: int | None = None, on_progress: ProgressCallback | None = None):
     """The Prefect flow of one preset, named after it.
 
     Parameters
     ----------
     preset : Preset
-    workers : int
-        Files processed at once (thread pool).
+    workers : int, optional
+        Files processed at once; default ``PURESOUND_WORKERS`` read when the run starts.
     on_progress : callable, optional
         ``fn(done, total, outcome)`` after each file (the CLI's progress bar).
 
@@ -223,16 +272,18 @@ def preset_flow(preset: Preset, *, workers: int = 2, on_progress: ProgressCallba
     prefect.Flow
         One parameter, ``request: RunRequest``.
     """
+    progress = _LocalCallback(on_progress)
+
     def body(request: RunRequest):
-        return run_batch(preset, request.sources, request.output_dir, on_progress=on_progress)
+        return run_batch(preset, request.sources, request.output_dir, on_progress=progress, workers=workers)
 
     body.__doc__ = f"{preset.description} {preset.summary()}. Follows: {preset.standard}."
     _importable_as(body, entry_name(preset.name))
     return flow(name=preset.name, flow_run_name=_run_namer(preset, _first_request_source),
-                task_runner=ThreadPoolTaskRunner(max_workers=workers), description=body.__doc__)(body)
+                description=body.__doc__)(body)
 
 
-def ingest_flow(preset: Preset, *, workers: int = 2):
+def ingest_flow(preset: Preset, *, workers: int | None = None):
     """The nightly ingestion flow of one preset, ``ingest-{preset}``.
 
     Lists ``source`` (a local folder or ``s3://bucket/prefix``), skips what lineage shows as
@@ -241,7 +292,8 @@ def ingest_flow(preset: Preset, *, workers: int = 2):
     Parameters
     ----------
     preset : Preset
-    workers : int
+    workers : int, optional
+        As :func:`preset_flow`.
 
     Returns
     -------
@@ -249,9 +301,9 @@ def ingest_flow(preset: Preset, *, workers: int = 2):
         Parameters ``source: str`` and ``output_dir: str | None``.
     """
     def body(source: str, output_dir: str | None = None):
-        return run_batch(preset, [source], output_dir, skip_published=True)
+        return run_batch(preset, [source], output_dir, skip_published=True, workers=workers)
 
     body.__doc__ = f"Nightly ingestion for {preset.name} (new sources only): {preset.summary()}."
     _importable_as(body, entry_name(preset.name, ingest=True))
     return flow(name=f"ingest-{preset.name}", flow_run_name=_run_namer(preset, lambda p: p["source"]),
-                task_runner=ThreadPoolTaskRunner(max_workers=workers), description=body.__doc__)(body)
+                description=body.__doc__)(body)

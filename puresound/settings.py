@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +26,10 @@ class PureSoundSettings(BaseSettings):
     presets_dir : Path or None
         Folder of user YAML presets (``PURESOUND_PRESETS_DIR``).
     workers : int
-        Files processed at once.
+        Files processed at once (``PURESOUND_WORKERS``); default the number of cores.
+    task_runner : {"process", "thread"}
+        Where a batch's files run (``PURESOUND_TASK_RUNNER``): worker processes (every core;
+        the default) or threads of the flow's process.
     follow_symlinks : bool
         Read symbolic links inside input folders that lead outside them.
     server_startup_timeout_s : float
@@ -53,7 +57,10 @@ class PureSoundSettings(BaseSettings):
     state_dir: Path = Field(default=Path.home() / ".puresound", description="Render cache and default lineage DB")
     database_url: str | None = Field(default=None, description="Lineage database URL (SQLAlchemy)")
     presets_dir: Path | None = Field(default=None, description="Folder of user YAML presets")
-    workers: int = Field(default=2, ge=1, le=32, description="Files processed at once")
+    workers: int = Field(default_factory=lambda: max(1, min(os.cpu_count() or 1, 32)), ge=1, le=32,
+                         description="Files processed at once (default: the number of cores)")
+    task_runner: Literal["process", "thread"] = Field(
+        default="process", description="Run a batch's files in worker processes (every core) or in threads")
     server_startup_timeout_s: float = Field(default=180.0, gt=0, le=3600,
                                             description="Wait for the temporary Prefect server of `puresound run` "
                                                         "(no PREFECT_API_URL) to start")

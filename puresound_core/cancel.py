@@ -17,6 +17,9 @@ from .errors import PureSoundError
 
 _STOP = threading.Event()
 _REASON: list[str] = []
+#: Events shared with the other processes of a batch (``multiprocessing.Event``): a stop
+#: asked in any of them reaches all.
+_SHARED: list = []
 
 
 class Cancelled(PureSoundError):
@@ -33,17 +36,36 @@ def request_stop(reason: str) -> None:
     """
     _REASON[:] = [reason]
     _STOP.set()
+    for event in _SHARED:
+        event.set()
+
+
+def share_stop(event) -> None:
+    """Also stop when ``event`` is set, and set it on :func:`request_stop` (the processes of one batch).
+
+    Parameters
+    ----------
+    event : multiprocessing.synchronize.Event
+        Created by the batch's parent process and handed to each worker process.
+    """
+    _SHARED[:] = [event]
 
 
 def clear_stop() -> None:
-    """Forget a stop request (a new run in the same process starts clean)."""
+    """Forget a stop request and any shared event (a new run in the same process starts clean)."""
     _STOP.clear()
     _REASON.clear()
+    _SHARED.clear()
 
 
 def stop_requested() -> bool:
-    """bool: whether :func:`request_stop` was called (and not cleared)."""
-    return _STOP.is_set()
+    """bool: whether :func:`request_stop` was called here, or in another process sharing the event."""
+    return _STOP.is_set() or any(event.is_set() for event in _SHARED)
+
+
+def stop_reason() -> str | None:
+    """str or None: the reason given to :func:`request_stop` in this process, if it was called here."""
+    return _REASON[0] if _REASON and _STOP.is_set() else None
 
 
 def check_stop() -> None:
@@ -53,7 +75,7 @@ def check_stop() -> None:
     ------
     Cancelled
     """
-    if _STOP.is_set():
+    if stop_requested():
         raise Cancelled(f"stopped: {_REASON[0] if _REASON else 'stop requested'}")
 
 

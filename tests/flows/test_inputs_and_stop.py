@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -85,16 +86,31 @@ def test_what_cannot_pass_is_rejected_before_rendering(puresound_env):
     assert source["verdict"] == "rejected" and source["failed_rules"] == ["loudness_measurable"]
 
 
+def _processes_with(marker: str) -> list[int]:
+    """PIDs of live processes whose environment holds ``marker``."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
 @pytest.mark.slow
-def test_sigterm_stops_the_run_cleanly(puresound_env, prefect_server):
+def test_sigterm_stops_the_run_and_its_worker_processes_cleanly(puresound_env, prefect_server):
     from prefect.settings import PREFECT_API_URL
 
     src = puresound_env / "in"
     src.mkdir()
-    write_wav(src / "long.wav", pink_noise(600, 44100, level_dbfs=-24), 44100)  # 10 min: minutes to render
+    for name in ("long1.wav", "long2.wav"):  # 10 min each: minutes to render, in two worker processes
+        write_wav(src / name, pink_noise(600, 44100, level_dbfs=-24, seed=len(name)), 44100)
     out = puresound_env / "out"
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "PURESOUND_STATE_DIR": str(puresound_env / "state")}
+    marker = f"PURESOUND_TEST_MARKER={uuid.uuid4().hex}"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PURESOUND_WORKERS": "2",
+           "PURESOUND_TASK_RUNNER": "process", "PURESOUND_STATE_DIR": str(puresound_env / "state"),
+           marker.split("=")[0]: marker.split("=")[1]}
     proc = subprocess.Popen([sys.executable, "-m", "puresound.cli", "run", "podcast", str(src), "--output", str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     renders = puresound_env / "state" / "renders"
@@ -103,16 +119,22 @@ def test_sigterm_stops_the_run_cleanly(puresound_env, prefect_server):
         assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
         time.sleep(0.2)
     assert list(renders.rglob("*.attempt*")), "no render started within 240 s"
+    workers = [pid for pid in _processes_with(marker) if pid != proc.pid]
+    assert workers, "the batch runs in worker processes"
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0].decode(errors="replace")
     assert proc.returncode == 1, output
     assert not [p for p in renders.rglob("*") if p.is_file()], "partial renders left in the work area"
     batch = batch_report(out, "podcast")
-    assert batch["stopped"] and batch["sources"][0]["verdict"] == "failed"
-    assert "SIGTERM" in batch["sources"][0]["reason"]
+    assert batch["stopped"] and {s["verdict"] for s in batch["sources"]} == {"failed"}
+    assert all("SIGTERM" in s["reason"] for s in batch["sources"]), batch["sources"]
     with sqlite3.connect(puresound_env / "state" / "lineage.sqlite") as db:
         statuses = [row[0] for row in db.execute("select status from runs")]
     assert statuses == ["cancelled"]
+    deadline = time.monotonic() + 30
+    while _processes_with(marker) and time.monotonic() < deadline:  # exited workers are reaped asynchronously
+        time.sleep(0.2)
+    assert _processes_with(marker) == [], "worker processes outlived the run"
 
 
 def test_a_verdict_the_machine_may_have_caused_is_not_cached(puresound_env, monkeypatch):
