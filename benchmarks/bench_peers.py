@@ -16,7 +16,8 @@ On the corpus' music and speech (``../shared/corpus``: MP3, Ogg Vorbis, WAV and 
 (c) ``puresound mp3``: ``puresound run`` with a one-rendition preset equal to (b);
 (d) ``puresound podcast``: ``puresound run podcast`` (the two renditions of (a));
 (e) ``... re-run``: (d) again on the same state (everything cached);
-(f) ``puresound mp3, 1 worker`` and ``2 workers`` on the first 10 files: throughput scaling.
+(f) ``puresound mp3, 1 worker`` and ``2 workers`` on a balanced batch (10 three-minute pieces
+    of the corpus' longest speech file): throughput scaling.
 
 Each ``puresound run`` uses a fresh state folder and Prefect result storage (cold caches)
 against a Prefect server started once before the timings. Every output is decoded through
@@ -66,6 +67,22 @@ def corpus_files(limit: int | None) -> list[Path]:
     files = [p for folder in ("music", "speech") for p in sorted((CORPUS / folder).rglob("*")) if p.is_file()]
     files.sort(key=duration_s, reverse=True)
     return files[:limit] if limit else files
+
+
+def speech_chunks(folder: Path, *, count: int, seconds: float) -> list[Path]:
+    """``count`` consecutive ``seconds``-long WAV pieces of the corpus' longest speech file: a balanced batch."""
+    from puresound_core.audio import EncoderSettings, decode, encode_blocks
+
+    audio, rate = decode(CORPUS / "speech" / "es-MX_Allison__all-prompts_longform.ogg")
+    folder.mkdir(parents=True, exist_ok=True)
+    step = int(seconds * rate)
+    paths = []
+    for i in range(count):
+        path = folder / f"es-MX_part{i:02d}.wav"
+        encode_blocks([audio[:, i * step:(i + 1) * step]], path,
+                      settings=EncoderSettings(codec="wav", bit_depth=16, sample_rate_hz=rate, channels=audio.shape[0]))
+        paths.append(path)
+    return paths
 
 
 def duration_s(path: Path) -> float:
@@ -172,12 +189,12 @@ def main() -> None:
         retries = sum(r["attempts"] - 1 for s in batch["sources"] for r in s["renditions"])
         seconds, outs, _ = puresound_run("podcast", files, work / "state-d", work / "out-e", env, args.workers)
         rows.append(("(e) podcast re-run (cached)", seconds, audio_s, compliant(outs)))
-        ten = files[:10]
+        ten = speech_chunks(work / "chunks", count=10, seconds=180)
         ten_s = sum(duration_s(f) for f in ten)
         for workers in (1, 2):
             seconds, outs, _ = puresound_run("mp3only", ten, work / f"state-f{workers}", work / f"out-f{workers}",
                                              env, workers)
-            rows.append((f"(f) puresound MP3, 10 files, {workers} worker{'s' if workers > 1 else ''}", seconds,
+            rows.append((f"(f) puresound MP3, 10 x 3 min, {workers} worker{'s' if workers > 1 else ''}", seconds,
                          ten_s, compliant(outs)))
 
     floor, peer = rows[0][1], rows[1][1]

@@ -41,14 +41,19 @@ from flows.models import (
     summary_rows,
 )
 from flows.pipeline import process_source
-from flows.runner import batch_task_runner
+from flows.runner import batch_task_runner, worker_environment
 from flows.sources import already_published, list_sources
 from puresound.report_html import render_report_html
-from puresound.settings import PureSoundSettings, open_storage
+from puresound.resources import resources
 from puresound_core.audio import FFMPEG_VERSION
-from puresound_core.cancel import Cancelled, clear_stop, request_stop, stop_reason, stop_requested
+from puresound_core.cancel import (
+    Cancelled,
+    clear_stop,
+    request_stop,
+    stop_reason,
+    stop_requested,
+)
 from puresound_core.errors import PureSoundError
-from puresound_core.lineage import LineageStore
 from puresound_core.presets import Preset
 
 __all__ = ["BatchReport", "RunRequest", "SourceOutcome", "SourceRef", "ingest_flow", "preset_flow", "run_batch",
@@ -128,13 +133,14 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
         either carries the :class:`BatchReport` as its data.
     """
     logger = get_run_logger()
-    settings = PureSoundSettings()
+    shared = resources()
+    settings = shared.settings
     output = str(output_dir or settings.output_dir)
     if not output.startswith("s3://"):
         output = str(Path(output).resolve())
     work_dir = str(settings.state_dir.resolve())
     database_url = settings.lineage_url
-    lineage = LineageStore(database_url)
+    lineage = shared.lineage(database_url)
     exclude = [work_dir] + ([output] if not output.startswith("s3://") else [])
     try:
         refs, excluded = list_sources(sources, exclude=exclude, follow_symlinks=settings.follow_symlinks)
@@ -163,7 +169,7 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
         with _StopOnSigterm():
             progress_id = create_progress_artifact(progress=0.0, description=f"{preset.name}: 0 of {len(refs)} files")
             runner = batch_task_runner(settings.task_runner, workers or settings.workers, len(refs))
-            with runner:
+            with worker_environment(runner), runner:
                 futures = {runner.submit(process_source, {"source": ref, "preset": preset, "output_dir": output,
                                                           "work_dir": work_dir, "database_url": database_url,
                                                           "run_id": run_id}): ref for ref in refs}
@@ -177,7 +183,7 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
                              started_at=started_at, finished_at=datetime.now(UTC).isoformat(), counts=counts,
                              sources=ordered, skipped=[r.uri for r in skipped] + excluded, stopped=stopped,
                              loudness_target=preset.loudness.model_dump(mode="json"))
-        storage = open_storage(output, settings)
+        storage = shared.storage(output)
         payload = report.model_dump_json(indent=2).encode()
         storage.put_bytes(payload, f"{preset.name}/report.json")
         storage.put_bytes(payload, f"{preset.name}/runs/{report.flow_run_id or 'local'}.json")

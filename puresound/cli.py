@@ -112,6 +112,20 @@ def _load_presets():
 
 
 @contextlib.contextmanager
+def _environ(name: str, value: str):
+    """Set an environment variable for the duration, then restore it."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+@contextlib.contextmanager
 def _prefect_api(settings):
     """``PREFECT_API_URL`` when set, else a temporary server that lives exactly as long as this command."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -123,7 +137,10 @@ def _prefect_api(settings):
         return
     try:
         with embedded_server(startup_timeout_s=settings.server_startup_timeout_s) as url, \
-                temporary_settings({PREFECT_API_URL: url}):
+                temporary_settings({PREFECT_API_URL: url}), _environ("PREFECT_API_URL", url):
+            # Also in the environment: threads (the process pool's message forwarder) do not see
+            # temporary_settings, and worker processes inherit only the environment; without it
+            # each would start a temporary server of its own.
             try:
                 yield
             finally:

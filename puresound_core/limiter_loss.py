@@ -60,6 +60,9 @@ class LimiterLossModel:
     lookahead_ms, release_ms : float
         Those of the limiter (:class:`~puresound_core.processing.ProcessingPlan`); the chunk
         is one look-ahead long.
+    k_weighted : bool
+        Weigh energy with the K filter (BS.1770-4). ``False`` uses plain energy: cheaper, a
+        little less exact (what a retry inside a render pass records).
 
     References
     ----------
@@ -69,12 +72,12 @@ class LimiterLossModel:
     """
 
     def __init__(self, *, sample_rate_hz: int, channels: int, layout: str | None = None, dual_mono: bool = False,
-                 lookahead_ms: float = 5.0, release_ms: float = 80.0):
+                 lookahead_ms: float = 5.0, release_ms: float = 80.0, k_weighted: bool = True):
         self.sample_rate_hz = int(sample_rate_hz)
         self.chunk = max(1, round(lookahead_ms * 1e-3 * sample_rate_hz))
         self._weights = channel_weights(channels, layout, dual_mono=dual_mono)
-        self._sos = k_weighting_sos(sample_rate_hz)
-        self._zi = np.zeros((self._sos.shape[0], channels, 2))
+        self._sos = k_weighting_sos(sample_rate_hz) if k_weighted else None
+        self._zi = np.zeros((self._sos.shape[0], channels, 2)) if self._sos is not None else None
         self._history = np.zeros((channels, _HISTORY), dtype=np.float32)
         self._release_coefficient = math.exp(-self.chunk / (release_ms * 1e-3 * sample_rate_hz))
         self.segment_chunks = max(1, round(0.1 * sample_rate_hz / self.chunk))
@@ -100,8 +103,23 @@ class LimiterLossModel:
             joined = np.concatenate([self._history, block.astype(np.float32, copy=False)], axis=1)
             self._history = joined[:, -_HISTORY:]
             peak = oversampled_envelope(joined).max(axis=0).astype(np.float64)
-        filtered, self._zi = scipy.signal.sosfilt(self._sos, block, axis=1, zi=self._zi)
-        energy = self._weights @ np.square(filtered)
+        if self._sos is not None:
+            block, self._zi = scipy.signal.sosfilt(self._sos, block, axis=1, zi=self._zi)
+        self.add(self._weights @ np.square(block), peak)
+
+    def add(self, energy: np.ndarray, peak: np.ndarray) -> None:
+        """Add per-sample values a loudness meter has computed already.
+
+        Parameters
+        ----------
+        energy : np.ndarray [shape=(n,)]
+            Channel-weighted K-filtered energy (BS.1770-4 eq. 1-2, before the mean).
+        peak : np.ndarray [shape=(n,)]
+            Largest oversampled absolute value over channels.
+        """
+        n = energy.size
+        if n == 0:
+            return
         peak = np.concatenate([self._rest_peak, peak])
         energy = np.concatenate([self._rest_energy, energy])
         full = (peak.size // self.chunk) * self.chunk
@@ -109,7 +127,7 @@ class LimiterLossModel:
             self._peaks.append(peak[:full].reshape(-1, self.chunk).max(axis=1))
             self._energy.append(energy[:full].reshape(-1, self.chunk).sum(axis=1))
         self._rest_peak, self._rest_energy = peak[full:], energy[full:]
-        self.samples += block.shape[1]
+        self.samples += n
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         peaks = self._peaks + ([np.array([self._rest_peak.max()])] if self._rest_peak.size else [])

@@ -207,6 +207,9 @@ class LoudnessMeter:
         Measure a mono signal as dual mono (weight 2.0, +3.01 LU): what a listener hears
         when the mono programme plays on both loudspeakers of a stereo system. Ignored for
         2 or more channels.
+    loss_model : LimiterLossModel, optional
+        Given the K-weighted energy and peak envelope this meter computes anyway
+        (:mod:`puresound_core.limiter_loss`), so one pass measures and models.
 
     Raises
     ------
@@ -221,7 +224,7 @@ class LoudnessMeter:
     """
 
     def __init__(self, *, sample_rate_hz: int, channels: int, layout: str | None = None,
-                 dual_mono: bool = False):
+                 dual_mono: bool = False, loss_model=None):
         if sample_rate_hz <= 0 or channels <= 0:
             raise InvalidAudioError(f"loudness meter: invalid rate {sample_rate_hz} Hz / channels {channels}")
         self.sample_rate_hz = int(sample_rate_hz)
@@ -237,6 +240,7 @@ class LoudnessMeter:
         self._sample_peak = 0.0
         self._sum_squares = 0.0
         self._true_peak = TruePeakMeter(channels)
+        self._loss_model = loss_model
 
     def _boundary(self, k: int) -> int:
         """First sample of 100 ms segment ``k`` (exact for every rate)."""
@@ -259,10 +263,12 @@ class LoudnessMeter:
                                     rule="finite_samples")
         self._sample_peak = max(self._sample_peak, float(np.abs(block).max()))
         self._sum_squares += float(np.einsum("ij,ij->", block, block, dtype=np.float64))
-        self._true_peak.process(block)
+        peak = self._true_peak.process(block, envelope=self._loss_model is not None)
         filtered, self._zi = scipy.signal.sosfilt(self._sos, block, axis=1, zi=self._zi)
         # BS.1770-4 eq. 1 summed per channel, then weighted by G_i (eq. 2).
         weighted = self._weights @ np.square(filtered)
+        if self._loss_model is not None:
+            self._loss_model.add(weighted, peak)
         cumulative = np.cumsum(weighted)
         start = self._samples
         end = start + n

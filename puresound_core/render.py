@@ -26,12 +26,16 @@ to checked renditions:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
 import os
+import queue
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -58,6 +62,7 @@ from .limiter_loss import LimiterLossModel
 from .loudness import LoudnessMeter, LoudnessReport, LoudnessSeries
 from .processing import ProcessingChain, ProcessingPlan, ProcessingStats
 from .specs import LoudnessTarget
+from .validation import RuleResult
 
 __all__ = [
     "DUAL_MONO_OFFSET_LU",
@@ -163,27 +168,11 @@ def _encoded_minus_source_lu(signal: np.ndarray, settings: EncoderSettings) -> f
     return after.report().integrated_lufs - before.report().integrated_lufs
 
 
-class VerificationCheck(BaseModel):
-    """One check of a rendition.
-
-    Attributes
-    ----------
-    check : str
-        ``integrated_loudness``, ``true_peak``, ``rms``, ``sample_peak``, ``noise_floor``,
-        ``gain_reduction``, ``duration``, ``channels``, ``sample_rate`` (``bit_exact`` for
-        archive renditions).
-    passed : bool
-    measured, expected : float or str or None
-    message : str
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    check: str
-    passed: bool
-    measured: float | str | None
-    expected: float | str | None
-    message: str
+#: A verification check is a rule result (``rule``: ``integrated_loudness``, ``true_peak``,
+#: ``rms``, ``sample_peak``, ``noise_floor``, ``gain_reduction``, ``duration``, ``channels``,
+#: ``sample_rate``, ``bit_exact``; ``limit``: what was expected): validation rules and
+#: verification checks share one model.
+VerificationCheck = RuleResult
 
 
 class VerificationReport(BaseModel):
@@ -390,57 +379,57 @@ def verify_rendition(
         measured = loudness.integrated_lufs
         ok = measured is not None and abs(measured - target.target_lufs) <= target.tolerance_lu
         played = " as played (dual-mono)" if dual else ""
-        checks.append(VerificationCheck(
-            check="integrated_loudness", passed=ok, measured=measured, expected=target.target_lufs,
+        checks.append(RuleResult(
+            rule="integrated_loudness", passed=ok, measured=measured, limit=target.target_lufs,
             message=f"{label}: integrated loudness {_fmt(measured, 'LUFS')}{played}, target "
                     f"{target.target_lufs:.1f} +-{target.tolerance_lu:g} LU"))
     if target.ceiling_dbtp is not None:
         tp = loudness.true_peak_dbtp
         ok = tp <= target.ceiling_dbtp
-        checks.append(VerificationCheck(
-            check="true_peak", passed=ok, measured=tp if math.isfinite(tp) else None, expected=target.ceiling_dbtp,
+        checks.append(RuleResult(
+            rule="true_peak", passed=ok, measured=tp if math.isfinite(tp) else None, limit=target.ceiling_dbtp,
             message=f"{label}: true peak {tp:.2f} dBTP {'<=' if ok else '>'} ceiling {target.ceiling_dbtp:.1f} dBTP"))
     if target.rms_range_dbfs is not None:
         low, high = target.rms_range_dbfs
         ok = low <= loudness.rms_dbfs <= high
-        checks.append(VerificationCheck(
-            check="rms", passed=ok, measured=loudness.rms_dbfs if math.isfinite(loudness.rms_dbfs) else None,
-            expected=f"{low:g} to {high:g}",
+        checks.append(RuleResult(
+            rule="rms", passed=ok, measured=loudness.rms_dbfs if math.isfinite(loudness.rms_dbfs) else None,
+            limit=f"{low:g} to {high:g}",
             message=f"{label}: RMS {loudness.rms_dbfs:.2f} dBFS {'within' if ok else 'outside'} {low:g} to {high:g} dBFS"))
     if target.sample_peak_max_dbfs is not None:
         ok = loudness.sample_peak_dbfs <= target.sample_peak_max_dbfs
-        checks.append(VerificationCheck(
-            check="sample_peak", passed=ok,
+        checks.append(RuleResult(
+            rule="sample_peak", passed=ok,
             measured=loudness.sample_peak_dbfs if math.isfinite(loudness.sample_peak_dbfs) else None,
-            expected=target.sample_peak_max_dbfs,
+            limit=target.sample_peak_max_dbfs,
             message=f"{label}: sample peak {loudness.sample_peak_dbfs:.2f} dBFS "
                     f"{'<=' if ok else '>'} {target.sample_peak_max_dbfs:g} dBFS"))
     if target.noise_floor_max_dbfs is not None:
         floor = noise_floor_dbfs
         ok = floor is None or floor <= target.noise_floor_max_dbfs
-        checks.append(VerificationCheck(
-            check="noise_floor", passed=ok, measured=floor, expected=target.noise_floor_max_dbfs,
+        checks.append(RuleResult(
+            rule="noise_floor", passed=ok, measured=floor, limit=target.noise_floor_max_dbfs,
             message=f"{label}: noise floor {_fmt(floor, 'dBFS')} {'<=' if ok else '>'} "
                     f"{target.noise_floor_max_dbfs:g} dBFS"))
     if processing is not None and target.max_gain_reduction_db is not None:
         reduction = processing.max_gain_reduction_db
         ok = reduction <= target.max_gain_reduction_db
-        checks.append(VerificationCheck(
-            check="gain_reduction", passed=ok, measured=reduction, expected=target.max_gain_reduction_db,
+        checks.append(RuleResult(
+            rule="gain_reduction", passed=ok, measured=reduction, limit=target.max_gain_reduction_db,
             message=f"{label}: limiter gain reduction {reduction:.2f} dB {'<=' if ok else '>'} "
                     f"{target.max_gain_reduction_db:g} dB"))
     gap = abs(loudness.duration_s - expected_duration_s)
-    checks.append(VerificationCheck(
-        check="duration", passed=gap <= duration_tolerance_s, measured=loudness.duration_s,
-        expected=expected_duration_s,
+    checks.append(RuleResult(
+        rule="duration", passed=gap <= duration_tolerance_s, measured=loudness.duration_s,
+        limit=expected_duration_s,
         message=f"{label}: duration {loudness.duration_s:.3f} s vs {expected_duration_s:.3f} s "
                 f"(difference {gap * 1000:.1f} ms, limit {duration_tolerance_s * 1000:.0f} ms)"))
-    checks.append(VerificationCheck(
-        check="channels", passed=info.channels == settings.channels, measured=info.channels,
-        expected=settings.channels, message=f"{label}: {info.channels} channels, asked {settings.channels}"))
-    checks.append(VerificationCheck(
-        check="sample_rate", passed=info.sample_rate_hz == settings.sample_rate_hz, measured=info.sample_rate_hz,
-        expected=settings.sample_rate_hz,
+    checks.append(RuleResult(
+        rule="channels", passed=info.channels == settings.channels, measured=info.channels,
+        limit=settings.channels, message=f"{label}: {info.channels} channels, asked {settings.channels}"))
+    checks.append(RuleResult(
+        rule="sample_rate", passed=info.sample_rate_hz == settings.sample_rate_hz, measured=info.sample_rate_hz,
+        limit=settings.sample_rate_hz,
         message=f"{label}: {info.sample_rate_hz} Hz, asked {settings.sample_rate_hz} Hz"))
     return VerificationReport(path=str(p), passed=all(c.passed for c in checks), checks=checks, loudness=loudness,
                               dual_mono=dual, single_channel_lufs=single, series=meter.series())
@@ -457,15 +446,16 @@ class _Measurement:
     def __init__(self, *, src_rate: int, chain_plan: ProcessingPlan | None, rate: int, channels: int,
                  layout: str | None, dual: bool, meter: bool, model: bool):
         self.chain = ProcessingChain(sample_rate_hz=src_rate, plan=chain_plan) if chain_plan is not None else None
-        self.meter = (LoudnessMeter(sample_rate_hz=rate, channels=channels, layout=layout, dual_mono=dual)
-                      if meter else None)
         self.model = (LimiterLossModel(sample_rate_hz=rate, channels=channels, layout=layout, dual_mono=dual)
                       if model else None)
+        # The meter hands the model the K-weighted energy and peak envelope it computes anyway.
+        self.meter = (LoudnessMeter(sample_rate_hz=rate, channels=channels, layout=layout, dual_mono=dual,
+                                    loss_model=self.model) if meter else None)
 
     def _feed(self, x: np.ndarray) -> None:
         if self.meter is not None:
             self.meter.process(x)
-        if self.model is not None:
+        elif self.model is not None:
             self.model.process(x)
 
     def process(self, block: np.ndarray) -> None:
@@ -702,16 +692,16 @@ def _distance(verification: VerificationReport, target: LoudnessTarget) -> float
     out = 0.0
     for check in verification.failures:
         value = check.measured if isinstance(check.measured, (int, float)) else None
-        if check.check == "integrated_loudness" and value is not None:
+        if check.rule == "integrated_loudness" and value is not None:
             out += abs(value - target.target_lufs) - target.tolerance_lu
-        elif check.check == "true_peak" and value is not None:
+        elif check.rule == "true_peak" and value is not None:
             out += value - target.ceiling_dbtp
-        elif check.check == "rms" and value is not None and target.rms_range_dbfs is not None:
+        elif check.rule == "rms" and value is not None and target.rms_range_dbfs is not None:
             low, high = target.rms_range_dbfs
             out += max(low - value, value - high)
-        elif check.check == "sample_peak" and value is not None:
+        elif check.rule == "sample_peak" and value is not None:
             out += value - target.sample_peak_max_dbfs
-        elif check.check in ("integrated_loudness", "true_peak", "rms", "sample_peak"):
+        elif check.rule in ("integrated_loudness", "true_peak", "rms", "sample_peak"):
             out += math.inf
     return out
 
@@ -725,7 +715,7 @@ def _retry_update(plan: ProcessingPlan, aim: float | None, verification: Verific
     measured``) and the gain with it; an RMS or sample-peak miss likewise. Corrections are
     relative to the attempt that missed, so they accumulate across attempts.
     """
-    failed = {c.check: c for c in verification.failures}
+    failed = {c.rule: c for c in verification.failures}
     reasons: list[str] = []
     update: dict = {}
     peak = failed.get("true_peak")
@@ -780,33 +770,101 @@ def _render_pass(source, src_rate: int, jobs: list[tuple[ProcessingPlan, Encoder
                  tags: Mapping[str, str]) -> list[tuple[ProcessingStats, EncodeResult, LimiterLossModel | None]]:
     """One decode of ``source`` feeding one processing chain + encoder per job (plan, settings, path, dual-mono).
 
-    A limited chain also feeds a :class:`LimiterLossModel` of what its limiter saw, so that a
-    retry can predict the limiter's loss at a new gain or ceiling without another pass.
+    With several jobs each chain and encoder runs in its own thread, fed through a bounded
+    queue (:data:`_QUEUE_BLOCKS` blocks: memory stays bounded): FFmpeg's encoders and most of
+    the chain's numpy work release the GIL, so the renditions of one source use more than one
+    core. A limited chain also feeds a :class:`LimiterLossModel` of what its limiter saw, so
+    a retry can predict the limiter's loss at a new gain or ceiling without another pass.
     """
-    chains: list[ProcessingChain] = []
-    encoders: list[Encoder] = []
-    models: list[LimiterLossModel | None] = []
+    lanes = [_Lane(src_rate, plan, settings, path, dual, tags) for plan, settings, path, dual in jobs]
     try:
-        for plan, settings, path, dual in jobs:
-            model = (LimiterLossModel(sample_rate_hz=plan.output_sample_rate_hz, channels=plan.output_channels,
-                                      dual_mono=dual, lookahead_ms=plan.limiter_lookahead_ms,
-                                      release_ms=plan.limiter_release_ms)
-                     if plan.ceiling_dbtp is not None else None)
-            models.append(model)
-            chains.append(ProcessingChain(sample_rate_hz=src_rate, plan=plan, loss_model=model))
-            encoders.append(Encoder(path, settings=settings, tags=tags))
+        if len(lanes) == 1:
+            lane = lanes[0]
+            for block in stoppable(iter_blocks(source)):
+                lane.feed(block)
+            return [lane.finish()]
+        for lane in lanes:
+            lane.start()
         for block in stoppable(iter_blocks(source)):
-            for chain, encoder in zip(chains, encoders, strict=True):
-                encoder.write(chain.process(block))
-        results = []
-        for chain, encoder, model in zip(chains, encoders, models, strict=True):
-            encoder.write(chain.flush())
-            results.append((chain.stats(), encoder.close(), model))
-        return results
+            for lane in lanes:
+                lane.put(block)
+        for lane in lanes:
+            lane.put(None)
+        return [lane.join() for lane in lanes]
     except BaseException:
-        for encoder in encoders:
-            encoder.abort()
+        for lane in lanes:
+            lane.abort()
         raise
+
+
+#: Blocks waiting for one rendition's thread in :func:`_render_pass`.
+_QUEUE_BLOCKS = 4
+
+
+class _Lane:
+    """One rendition's processing chain and encoder, run inline or in a thread of its own."""
+
+    def __init__(self, src_rate: int, plan: ProcessingPlan, settings: EncoderSettings, path: Path, dual: bool,
+                 tags: Mapping[str, str]):
+        self.model = (LimiterLossModel(sample_rate_hz=plan.output_sample_rate_hz, channels=plan.output_channels,
+                                       dual_mono=dual, lookahead_ms=plan.limiter_lookahead_ms,
+                                       release_ms=plan.limiter_release_ms, k_weighted=False)
+                      if plan.ceiling_dbtp is not None else None)
+        self.chain = ProcessingChain(sample_rate_hz=src_rate, plan=plan, loss_model=self.model)
+        self.encoder = Encoder(path, settings=settings, tags=tags)
+        self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_BLOCKS)
+        self._thread: threading.Thread | None = None
+        self._result = None
+        self._error: BaseException | None = None
+        self._aborted = threading.Event()
+
+    def feed(self, block: np.ndarray) -> None:
+        self.encoder.write(self.chain.process(block))
+
+    def finish(self) -> tuple[ProcessingStats, EncodeResult, LimiterLossModel | None]:
+        self.encoder.write(self.chain.flush())
+        return self.chain.stats(), self.encoder.close(), self.model
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"render {self.encoder.target.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (block := self._queue.get()) is not None:
+                if self._aborted.is_set():
+                    return
+                self.feed(block)
+            self._result = self.finish()
+        except BaseException as err:  # noqa: BLE001 - handed to the decoding thread, which raises it
+            self._error = err
+            self._aborted.set()
+
+    def put(self, block: np.ndarray | None) -> None:
+        """Queue a block (``None``: end of stream); raises the lane's error if its thread failed."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(block, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def join(self) -> tuple[ProcessingStats, EncodeResult, LimiterLossModel | None]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def abort(self) -> None:
+        self._aborted.set()
+        if self._thread is not None:
+            while self._thread.is_alive():  # unblock a thread waiting on an empty queue
+                with contextlib.suppress(queue.Full):
+                    self._queue.put_nowait(None)
+                self._thread.join(timeout=0.1)
+        self.encoder.abort()
 
 
 class _RenditionRun:
@@ -965,8 +1023,9 @@ def render_renditions(
             batches = [pending] if all(not run.tried for run in pending) else [[run] for run in pending]
             for batch in batches:
                 rendered = _render_pass(source, src_rate, [run.job() for run in batch], carried)
-                for run, (stats, encoded, model) in zip(batch, rendered, strict=True):
-                    run.record(stats, encoded, model)
+                # Verification decodes each rendition: in parallel threads (decoding releases the GIL).
+                with ThreadPoolExecutor(max_workers=len(batch)) as pool:
+                    list(pool.map(lambda pair: pair[0].record(*pair[1]), zip(batch, rendered, strict=True)))
             pending = [run for run in runs if not run.done]
         return [run.publish() for run in runs]
     finally:
@@ -1073,8 +1132,8 @@ def bit_exact_check(source: str | os.PathLike, rendition: str | os.PathLike) -> 
     """
     source_hash, output_hash = decoded_sha256(source), decoded_sha256(rendition)
     exact = source_hash == output_hash
-    return VerificationCheck(
-        check="bit_exact", passed=exact, measured=output_hash[:16], expected=source_hash[:16],
+    return RuleResult(
+        rule="bit_exact", passed=exact, measured=output_hash[:16], limit=source_hash[:16],
         message=f"{Path(rendition).name}: decoded samples {'match' if exact else 'differ from'} the source "
                 f"(sha256 {output_hash[:12]} vs {source_hash[:12]})")
 

@@ -108,25 +108,39 @@ class TruePeakMeter:
         self._history = np.zeros((channels, _TAPS - 1), dtype=np.float32)
         self._peaks = np.zeros(channels, dtype=np.float64)
 
-    def process(self, block: np.ndarray) -> None:
+    def process(self, block: np.ndarray, *, envelope: bool = False) -> np.ndarray | None:
         """Add the next block.
 
         Parameters
         ----------
         block : np.ndarray [shape=(channels, n)], float32
+        envelope : bool
+            Also return the block's peak envelope (no block is skipped then).
+
+        Returns
+        -------
+        np.ndarray [shape=(n,)], float64, or None
+            With ``envelope``: for each sample, the largest oversampled absolute value over
+            channels (:func:`oversampled_envelope`).
         """
         if block.shape[1] == 0:
-            return
+            return np.zeros(0) if envelope else None
         # Block-level pruning: no interpolated value can exceed MAX_PHASE_GAIN x the largest
         # input in its window, so a block that cannot raise any channel's peak is skipped.
         block_max = np.abs(block).max(axis=1)
         bound = np.maximum(block_max, np.abs(self._history).max(axis=1)) * MAX_PHASE_GAIN
         joined = np.concatenate([self._history, block.astype(np.float32, copy=False)], axis=1)
-        if np.any(bound > self._peaks):
+        out = None
+        if envelope:
+            env = oversampled_envelope(joined)
+            self._peaks = np.maximum(self._peaks, env.max(axis=1))
+            out = env.max(axis=0).astype(np.float64)
+        elif np.any(bound > self._peaks):
             env_max = oversampled_envelope(joined).max(axis=1)
             self._peaks = np.maximum(self._peaks, env_max)
         self._peaks = np.maximum(self._peaks, block_max)
         self._history = joined[:, -(_TAPS - 1):].copy()
+        return out
 
     @property
     def channel_true_peaks(self) -> np.ndarray:

@@ -18,7 +18,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 import puresound_core
-from puresound.settings import PureSoundSettings
+from puresound.resources import resources
 from puresound_core.analysis import AnalysisReport, Inspection
 from puresound_core.audio import FFMPEG_VERSION
 from puresound_core.errors import PureSoundError
@@ -231,7 +231,7 @@ def render_cached(path: str, sha256: str, preset: Preset, analysis: AnalysisRepo
 
     Parameters and return value are those of :func:`render`.
     """
-    limit = PureSoundSettings().encode_concurrency_limit
+    limit = resources().settings.encode_concurrency_limit
     if limit:
         from prefect.concurrency.sync import concurrency
 

@@ -1,18 +1,21 @@
-"""Publishing tasks: store renditions and reports, record lineage. I/O, so retried with jitter."""
+"""Publishing tasks: store renditions and reports, record lineage. I/O, so retried with jitter.
+
+Storage, S3 client and lineage store come from :func:`puresound.resources.resources`: made
+once per process and configuration, not in every call.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from functools import lru_cache
 from pathlib import Path
 
 from prefect import task
 from prefect.assets import Asset, materialize
 
+from puresound.resources import resources
 from puresound_core.lineage import LineageStore
-from puresound.settings import open_storage
 from puresound_core.storage import StoredObject
 
 #: Storage / network tasks: retried with backoff and jitter.
@@ -46,10 +49,9 @@ def asset_key(uri: str, sha256: str) -> str:
     return cleaned if len(cleaned) <= _MAX_ASSET_KEY else f"puresound://sha256/{sha256}"
 
 
-@lru_cache(maxsize=8)
 def lineage_store(database_url: str) -> LineageStore:
-    """One LineageStore (engine + connection pool) per database URL per process."""
-    return LineageStore(database_url)
+    """This process's LineageStore (engine + connection pool) of a database URL (:mod:`puresound.resources`)."""
+    return resources().lineage(database_url)
 
 
 @materialize("puresound://rendition", name="store-rendition", **_IO_RETRIES)
@@ -79,7 +81,7 @@ def store_rendition(local_path: str, key: str, output_dir: str, sha256: str) -> 
     StorageError
         After the retries, on I/O errors or a checksum mismatch.
     """
-    return open_storage(output_dir).put_file(local_path, key, sha256=sha256)
+    return resources().storage(output_dir).put_file(local_path, key, sha256=sha256)
 
 
 def store_rendition_as_asset(local_path: str, key: str, output_dir: str, sha256: str, source_uri: str,
@@ -97,7 +99,7 @@ def store_rendition_as_asset(local_path: str, key: str, output_dir: str, sha256:
     -------
     StoredObject
     """
-    uri = open_storage(output_dir).uri(key)
+    uri = resources().storage(output_dir).uri(key)
     task_with_assets = store_rendition.with_options(
         assets=[Asset(key=asset_key(uri, sha256))], asset_deps=[Asset(key=asset_key(source_uri, source_sha256))])
     return task_with_assets(local_path, key, output_dir, sha256)
@@ -124,7 +126,7 @@ def store_report(report: dict, key: str, output_dir: str) -> StoredObject:
     StorageError
     """
     data = json.dumps(report, indent=2, sort_keys=False, default=str).encode()
-    return open_storage(output_dir).put_bytes(data, key)
+    return resources().storage(output_dir).put_bytes(data, key)
 
 
 @task(name="record-lineage", **_IO_RETRIES)
@@ -179,9 +181,8 @@ def fetch_source(uri: str, work_dir: str) -> tuple[str, str]:
     StorageError
         For a refused key, or when the download fails after the retries.
     """
-    from puresound.settings import s3_client
     from puresound_core.storage.s3 import S3Storage, parse_s3_uri
 
     bucket, key = parse_s3_uri(uri)
-    path, sha256 = S3Storage(f"s3://{bucket}", client=s3_client()).download(key, Path(work_dir) / "sources")
+    path, sha256 = S3Storage(f"s3://{bucket}", client=resources().s3()).download(key, Path(work_dir) / "sources")
     return str(path), sha256

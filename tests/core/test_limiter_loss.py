@@ -150,3 +150,36 @@ def test_a_podcast_source_is_decoded_once_to_plan_and_once_to_render(tmp_path, c
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["r0.mp3", "r1.opus"]
     for r in results:
         assert abs(r.verification.loudness.integrated_lufs - -16.0) <= 0.3
+
+
+@pytest.mark.parametrize("failure", ["encoder", "stop"])
+def test_a_rendition_that_fails_mid_pass_stops_every_rendition_and_leaves_no_file(tmp_path, monkeypatch, failure):
+    from puresound_core import cancel
+    from puresound_core.errors import EncodingError
+
+    source = write_wav(tmp_path / "episode.wav", _bursty(20, 44100), 44100)
+    settings_ = [EncoderSettings(codec="mp3", bitrate_kbps=128, sample_rate_hz=44100, channels=2),
+                 EncoderSettings(codec="opus", bitrate_kbps=48, sample_rate_hz=48000, channels=1)]
+    target = LoudnessTarget(target_lufs=-16.0, tolerance_lu=1.0, ceiling_dbtp=-1.0)
+    analysis = analyze_file(source)
+    plans = plan_renditions(source, settings_, target=target, analysis=analysis)
+    real_write, calls = Encoder.write, []
+
+    def failing_write(self, block):
+        calls.append(self.settings.codec)
+        if self.settings.codec == "opus" and calls.count("opus") == 3:
+            if failure == "encoder":
+                raise EncodingError("opus: injected failure")
+            cancel.request_stop("test")
+        return real_write(self, block)
+
+    monkeypatch.setattr(Encoder, "write", failing_write)
+    out = tmp_path / "out"
+    expected = EncodingError if failure == "encoder" else cancel.Cancelled
+    try:
+        with pytest.raises(expected):
+            render_renditions(source, [out / "a.mp3", out / "b.opus"], settings=settings_, target=target,
+                              analysis=analysis, planned=plans)
+    finally:
+        cancel.clear_stop()
+    assert not [p for p in out.rglob("*") if p.is_file()]

@@ -94,9 +94,9 @@ def test_verify_reports_each_missed_target(tmp_path):
     report = verify_rendition(path, settings=EncoderSettings(codec="wav", sample_rate_hz=48000, channels=1),
                               target=LoudnessTarget(target_lufs=-23.0, tolerance_lu=0.5, ceiling_dbtp=-2.0),
                               expected_duration_s=2.0)
-    assert {c.check for c in report.failures} == {"integrated_loudness", "true_peak", "duration", "channels",
+    assert {c.rule for c in report.failures} == {"integrated_loudness", "true_peak", "duration", "channels",
                                                   "sample_rate"}
-    assert "hot.wav: true peak" in next(c.message for c in report.failures if c.check == "true_peak")
+    assert "hot.wav: true peak" in next(c.message for c in report.failures if c.rule == "true_peak")
 
 
 def test_lossy_overshoot_is_rendered_again_and_reported(tmp_path, programme):

@@ -25,6 +25,9 @@ def test_prefect_yaml_declares_three_complete_deployments_per_preset():
         if deployment["name"] == "nightly":
             assert flow.name.startswith("ingest-")
             assert all(s["timezone"] and s["cron"] for s in deployment["schedules"])
+            # placeholder sources: a schedule switched on at deploy would fire and fail every night
+            assert not any(s.get("active", True) for s in deployment["schedules"])
+            assert {s["timezone"] for s in deployment["schedules"]} == {PureSoundSettings.model_fields["timezone"].default}
         else:
             assert flow.name in BUILTIN_PRESETS
     names = {(import_object(d["entrypoint"]).name, d["name"]) for d in deployments}
