@@ -25,20 +25,8 @@ from puresound_core.cancel import check_stop
 from puresound_core.policy import plan_rules, room_tone_warnings, source_rules
 from puresound_core.presets import Preset
 from puresound_core.storage import sha256_file
-from tasks.audio import (
-    CODE_VERSION,
-    TransientInspectionError,
-    fingerprint,
-    inspect,
-    plan,
-    render_cached,
-)
-from tasks.publish import (
-    fetch_source,
-    record_lineage,
-    store_rendition_as_asset,
-    store_report,
-)
+from tasks.audio import CODE_VERSION, TransientInspectionError, fingerprint, inspect, plan, render_cached
+from tasks.publish import fetch_source, record_lineage, store_rendition_as_asset, store_report
 
 
 def readable_alias(path: str, work_dir: str) -> str:

@@ -19,40 +19,22 @@ from pathlib import Path
 
 import av
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    create_link_artifact,
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
+                               create_table_artifact, update_progress_artifact)
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 import puresound_core
 from flows.dynamic import entry_name
-from flows.models import (
-    BatchReport,
-    RunRequest,
-    SourceOutcome,
-    SourceRef,
-    lineage_markdown,
-    summary_rows,
-)
+from flows.models import BatchReport, RunRequest, SourceOutcome, SourceRef, lineage_markdown, summary_rows
 from flows.pipeline import process_source
 from flows.runner import batch_task_runner, worker_environment
 from flows.sources import already_published, list_sources
 from puresound.report_html import render_report_html
 from puresound.resources import resources
 from puresound_core.audio import FFMPEG_VERSION
-from puresound_core.cancel import (
-    Cancelled,
-    clear_stop,
-    request_stop,
-    stop_reason,
-    stop_requested,
-)
+from puresound_core.cancel import Cancelled, clear_stop, request_stop, stop_reason, stop_requested
 from puresound_core.errors import PureSoundError
 from puresound_core.presets import Preset
 

@@ -29,13 +29,7 @@ import math
 import numpy as np
 import scipy.signal
 
-from .loudness import (
-    ABSOLUTE_GATE_LUFS,
-    LOUDNESS_OFFSET_DB,
-    RELATIVE_GATE_LU,
-    channel_weights,
-    k_weighting_sos,
-)
+from .loudness import ABSOLUTE_GATE_LUFS, LOUDNESS_OFFSET_DB, RELATIVE_GATE_LU, channel_weights, k_weighting_sos
 from .true_peak import oversampled_envelope
 
 __all__ = ["LimiterLossModel"]

@@ -17,13 +17,7 @@ from pathlib import Path
 from .analysis import AnalysisReport
 from .audio import EncoderSettings, ProbeResult
 from .presets import Preset, Rendition
-from .render import (
-    RenditionPlan,
-    RenditionResult,
-    bit_exact_check,
-    plan_renditions,
-    render_renditions,
-)
+from .render import RenditionPlan, RenditionResult, bit_exact_check, plan_renditions, render_renditions
 from .validation import RuleResult
 
 #: Decoders whose output is the exact integer samples that were encoded.

@@ -43,21 +43,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from .analysis import AnalysisReport, ContentAnalyzer
-from .audio import (
-    Encoder,
-    EncodeResult,
-    EncoderSettings,
-    encode_blocks,
-    iter_blocks,
-    probe,
-)
+from .audio import Encoder, EncodeResult, EncoderSettings, encode_blocks, iter_blocks, probe
 from .cancel import stoppable
-from .gain_tags import (
-    R128_REFERENCE_LUFS,
-    REPLAYGAIN_REFERENCE_LUFS,
-    gain_tags,
-    write_tags,
-)
+from .gain_tags import R128_REFERENCE_LUFS, REPLAYGAIN_REFERENCE_LUFS, gain_tags, write_tags
 from .limiter_loss import LimiterLossModel
 from .loudness import LoudnessMeter, LoudnessReport, LoudnessSeries
 from .processing import ProcessingChain, ProcessingPlan, ProcessingStats
@@ -776,8 +764,10 @@ def _render_pass(source, src_rate: int, jobs: list[tuple[ProcessingPlan, Encoder
     core. A limited chain also feeds a :class:`LimiterLossModel` of what its limiter saw, so
     a retry can predict the limiter's loss at a new gain or ceiling without another pass.
     """
-    lanes = [_Lane(src_rate, plan, settings, path, dual, tags) for plan, settings, path, dual in jobs]
+    lanes: list[_Lane] = []
     try:
+        for plan, settings, path, dual in jobs:
+            lanes.append(_Lane(src_rate, plan, settings, path, dual, tags))
         if len(lanes) == 1:
             lane = lanes[0]
             for block in stoppable(iter_blocks(source)):
@@ -835,7 +825,8 @@ class _Lane:
                 if self._aborted.is_set():
                     return
                 self.feed(block)
-            self._result = self.finish()
+            if not self._aborted.is_set():  # an abort's sentinel must not close (publish) the file
+                self._result = self.finish()
         except BaseException as err:  # noqa: BLE001 - handed to the decoding thread, which raises it
             self._error = err
             self._aborted.set()

@@ -180,6 +180,11 @@ def test_a_rendition_that_fails_mid_pass_stops_every_rendition_and_leaves_no_fil
         with pytest.raises(expected):
             render_renditions(source, [out / "a.mp3", out / "b.opus"], settings=settings_, target=target,
                               analysis=analysis, planned=plans)
+        with pytest.raises(expected):  # the pass alone (no caller clean-up): no attempt or .part file either
+            calls.clear()
+            cancel.clear_stop()
+            render_module._render_pass(source, 44100, [(p.plan, s, out / f"pass.{s.extension}", False)
+                                                      for p, s in zip(plans, settings_)], {})
     finally:
         cancel.clear_stop()
     assert not [p for p in out.rglob("*") if p.is_file()]
