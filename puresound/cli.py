@@ -112,17 +112,26 @@ def _load_presets():
 
 
 @contextlib.contextmanager
-def _environ(name: str, value: str):
-    """Set an environment variable for the duration, then restore it."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
+def _api_url_everywhere(url: str):
+    """``PREFECT_API_URL`` in the environment and Prefect's process-global settings for the duration.
+
+    ``temporary_settings`` reaches only this thread's context: threads without one (the
+    process pool's message forwarder) read the global settings, and worker processes inherit
+    the environment. Without this each of them would start a temporary server of its own.
+    """
+    from prefect.context import refresh_global_settings_context
+
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()
     try:
         yield
     finally:
         if previous is None:
-            os.environ.pop(name, None)
+            os.environ.pop("PREFECT_API_URL", None)
         else:
-            os.environ[name] = previous
+            os.environ["PREFECT_API_URL"] = previous
+        refresh_global_settings_context()
 
 
 @contextlib.contextmanager
@@ -137,10 +146,7 @@ def _prefect_api(settings):
         return
     try:
         with embedded_server(startup_timeout_s=settings.server_startup_timeout_s) as url, \
-                temporary_settings({PREFECT_API_URL: url}), _environ("PREFECT_API_URL", url):
-            # Also in the environment: threads (the process pool's message forwarder) do not see
-            # temporary_settings, and worker processes inherit only the environment; without it
-            # each would start a temporary server of its own.
+                temporary_settings({PREFECT_API_URL: url}), _api_url_everywhere(url):
             try:
                 yield
             finally:

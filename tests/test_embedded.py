@@ -74,3 +74,18 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path):
     while _alive(server[0]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(server[0]), "the temporary server outlived its killed parent"
+
+
+@pytest.mark.slow
+def test_worker_processes_use_the_temporary_server_and_start_none_of_their_own(tmp_path):
+    # The README's first command: no PREFECT_API_URL, two files, so the batch runs in worker processes.
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
+    (tmp_path / "home").mkdir()
+    env.update(HOME=str(tmp_path / "home"), PURESOUND_WORKERS="2", PURESOUND_TASK_RUNNER="process")
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    proc = subprocess.run([sys.executable, "-m", "puresound.cli", "run", "podcast", str(examples), "--output",
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "Server process did not start" not in output and "Traceback" not in output, output
+    assert "'published': 2" in output
