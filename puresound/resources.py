@@ -52,7 +52,18 @@ class Resources:
             return self._storages[target]
 
     def s3(self):
-        """The S3 client of these settings (endpoint, region, retries, credentials), made once."""
+        """The S3 client of these settings (endpoint, region, retries, credentials), made once.
+
+        Returns
+        -------
+        botocore.client.S3
+            Thread-safe; shared by every task of this process.
+
+        Raises
+        ------
+        StorageError
+            When a configured ``AwsCredentials`` block cannot be loaded.
+        """
         with self._lock:
             if self._s3 is None:
                 self._s3 = s3_client(self.settings)

@@ -30,11 +30,12 @@ import numpy as np
 import scipy.signal
 
 from .loudness import ABSOLUTE_GATE_LUFS, LOUDNESS_OFFSET_DB, RELATIVE_GATE_LU, channel_weights, k_weighting_sos
+from .processing import _ENVELOPE_HISTORY as _HISTORY
+from .processing import LIMITER_MARGIN_DB, _release
 from .true_peak import oversampled_envelope
 
 __all__ = ["LimiterLossModel"]
 
-_HISTORY = 11  # samples of context the 12-tap interpolator needs
 
 
 class LimiterLossModel:
@@ -133,8 +134,6 @@ class LimiterLossModel:
         return np.concatenate(peaks), np.concatenate(energy)
 
     def _gain_curve(self, peaks: np.ndarray, gain_db: float, ceiling_dbtp: float) -> np.ndarray:
-        from .processing import LIMITER_MARGIN_DB, _release
-
         threshold = 10.0 ** ((ceiling_dbtp - LIMITER_MARGIN_DB - gain_db) / 20.0)
         with np.errstate(divide="ignore"):
             required = np.clip(threshold / peaks, 1e-12, 1.0)
