@@ -5,22 +5,34 @@ Tables
 sources            one row per distinct content (sha256), with its probe
 source_locations   every URI a content was seen at (size, ETag / version id when known)
 analyses           analysis report of a content, per code version
-runs               one per Prefect flow run: preset name / version / fingerprint, versions
+runs               one per Prefect flow run: preset name / version / fingerprint, versions,
+                   the worker and machine it ran on
 renditions         every published (or failed) rendition: uri, sha256, codec settings,
                    measured values, verdict, the run and source it came from
 
-The schema is versioned: :func:`migrate` applies numbered migrations in order and records
-them in ``schema_version``, so a database made by an older release is upgraded in place.
+The schema is versioned by Alembic (revisions in ``lineage_migrations/``): :func:`migrate`
+runs when a store opens, under a lock every process and machine sees, so a database made by an
+older release is upgraded in place and two workers starting at once do not race. Every insert
+is ``INSERT ... ON CONFLICT``: concurrent workers never duplicate a row (one row per rendition
+content at a URI) nor fail on one another's.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+from collections.abc import Iterable
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import UniqueConstraint, event, text
+from sqlalchemy import Index, UniqueConstraint, event, inspect, text, update
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 
@@ -80,12 +92,14 @@ class RunRow(SQLModel, table=True):
     started_at: datetime = Field(default_factory=_now)
     finished_at: datetime | None = None
     status: str = "running"
+    worker: str | None = None
 
 
 class RenditionRow(SQLModel, table=True):
     """One rendition of one source by one run."""
 
     __tablename__ = "renditions"
+    __table_args__ = (Index("uq_renditions_uri_sha256", "uri", "sha256", unique=True),)
     id: int | None = Field(default=None, primary_key=True)
     source_sha256: str = Field(index=True, max_length=64)
     run_id: int = Field(foreign_key="runs.id", index=True)
@@ -104,26 +118,48 @@ class RenditionRow(SQLModel, table=True):
     created_at: datetime = Field(default_factory=_now)
 
 
-class SchemaVersionRow(SQLModel, table=True):
-    """Applied migrations."""
+MIGRATIONS_DIR = Path(__file__).with_name("lineage_migrations")
 
-    __tablename__ = "schema_version"
-    version: int = Field(primary_key=True)
-    applied_at: datetime = Field(default_factory=_now)
+#: Key of the PostgreSQL advisory lock that serialises migrations across processes and machines.
+_MIGRATION_LOCK_KEY = 0x50534C4E  # "PSLN"
 
 
-def _migration_1(connection) -> None:
-    SQLModel.metadata.create_all(connection, tables=[
-        SourceRow.__table__, SourceLocationRow.__table__, AnalysisRow.__table__, RunRow.__table__,
-        RenditionRow.__table__])
+def _alembic_config(connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
 
 
-#: Ordered schema migrations: (version, function(connection)).
-MIGRATIONS = [(1, _migration_1)]
+def head_revision() -> str:
+    """Newest schema revision this code knows (the last Alembic revision in ``lineage_migrations``)."""
+    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
 
 
-def migrate(engine) -> int:
-    """Bring a database to the newest schema version.
+@contextmanager
+def _migration_lock(engine):
+    """Hold the lock that lets one process at a time migrate this database.
+
+    PostgreSQL: a transaction-scoped advisory lock (every machine sees it). SQLite: ``flock`` on a
+    file beside the database (SQLite is one machine's by design).
+    """
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            yield connection
+        elif connection.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+            with open(f"{engine.url.database}.migrate-lock", "a+b") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                yield connection
+        else:
+            yield connection
+
+
+def migrate(engine) -> str:
+    """Bring a database to the newest schema revision (Alembic, under a cross-process lock).
+
+    A database made before Alembic (hand-rolled ``schema_version`` table at version 1) is
+    stamped at revision ``0001``, which creates the same tables, and upgraded from there.
 
     Parameters
     ----------
@@ -131,18 +167,46 @@ def migrate(engine) -> int:
 
     Returns
     -------
-    int
-        The schema version after migrating.
+    str
+        The schema revision after migrating (:func:`head_revision`).
     """
-    SQLModel.metadata.create_all(engine, tables=[SchemaVersionRow.__table__])
-    with engine.begin() as connection:
-        applied = {row[0] for row in connection.execute(text("SELECT version FROM schema_version"))}
-        for version, step in MIGRATIONS:
-            if version not in applied:
-                step(connection)
-                connection.execute(text("INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)"),
-                                   {"v": version, "t": _now()})
-    return MIGRATIONS[-1][0]
+    with _migration_lock(engine) as connection:
+        config = _alembic_config(connection)
+        tables = set(inspect(connection).get_table_names())
+        if "alembic_version" not in tables and "schema_version" in tables:
+            legacy = {row[0] for row in connection.execute(text("SELECT version FROM schema_version"))}
+            if legacy != {1}:
+                raise RuntimeError(f"lineage database {engine.url!r}: unknown legacy schema versions {sorted(legacy)}")
+            command.stamp(config, "0001")
+        command.upgrade(config, "head")
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def _insert(connection_or_session, table, values: dict, *, conflict: list[str], update: dict | None = None) -> bool:
+    """``INSERT ... ON CONFLICT (conflict) DO NOTHING`` (or ``DO UPDATE SET update``) on SQLite or PostgreSQL.
+
+    Concurrent writers (worker processes, machines) never fail on, or duplicate, a row another
+    wrote first.
+
+    Returns
+    -------
+    bool
+        True when this call inserted (or updated) a row (``RETURNING``: ``rowcount`` is not
+        reliable on every driver).
+    """
+    dialect = connection_or_session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        raise NotImplementedError(f"lineage on {dialect}: only SQLite and PostgreSQL are supported")
+    statement = insert(table).values(**values)
+    if update:
+        statement = statement.on_conflict_do_update(index_elements=conflict, set_=update)
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=conflict)
+    return connection_or_session.execute(statement.returning(table.c.id)).first() is not None
 
 
 class LineageChain(BaseModel):
@@ -173,12 +237,21 @@ class LineageStore:
     Parameters
     ----------
     database_url : str
-        SQLAlchemy URL, e.g. ``sqlite:///lineage.sqlite`` or ``postgresql+psycopg://...``.
+        SQLAlchemy URL, e.g. ``sqlite:///lineage.sqlite`` or ``postgresql+psycopg://...``
+        (PostgreSQL when several workers or machines share one lineage).
+
+    Attributes
+    ----------
+    engine : sqlalchemy.engine.Engine
+    schema_version : str
+        Alembic revision of the database after opening (:func:`migrate`).
     """
 
     def __init__(self, database_url: str):
-        connect_args = {"check_same_thread": False, "timeout": 30} if database_url.startswith("sqlite") else {}
-        self.engine = create_engine(database_url, connect_args=connect_args)
+        if database_url.startswith("sqlite"):
+            self.engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 30})
+        else:  # a server: connections of a long-lived worker may have been closed by it
+            self.engine = create_engine(database_url, pool_pre_ping=True)
         if database_url.startswith("sqlite"):
             @event.listens_for(self.engine, "connect")
             def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - trivial
@@ -190,29 +263,26 @@ class LineageStore:
 
     def record_source(self, *, sha256: str, uri: str, size_bytes: int, probe: dict,
                       etag: str | None = None, version_id: str | None = None) -> None:
-        """Insert a source content (once) and the location it was seen at (once per URI)."""
+        """Insert a source content (once) and the location it was seen at (once per URI; seen again: updated)."""
+        now = _now()
         with Session(self.engine) as session:
-            if session.exec(select(SourceRow).where(SourceRow.sha256 == sha256)).first() is None:
-                session.add(SourceRow(sha256=sha256, size_bytes=size_bytes, probe_json=json.dumps(probe)))
-            location = session.exec(select(SourceLocationRow).where(
-                SourceLocationRow.uri == uri, SourceLocationRow.sha256 == sha256)).first()
-            if location is None:
-                session.add(SourceLocationRow(uri=uri, sha256=sha256, size_bytes=size_bytes, etag=etag,
-                                              version_id=version_id))
-            else:
-                location.seen_at, location.etag = _now(), etag or location.etag
-                session.add(location)
+            _insert(session, SourceRow.__table__, {"sha256": sha256, "size_bytes": size_bytes,
+                                                   "probe_json": json.dumps(probe), "first_seen_at": now},
+                    conflict=["sha256"])
+            values = {"uri": uri, "sha256": sha256, "size_bytes": size_bytes, "etag": etag,
+                      "version_id": version_id, "seen_at": now}
+            _insert(session, SourceLocationRow.__table__, values, conflict=["uri", "sha256"],
+                    update={"seen_at": now, **({"etag": etag} if etag else {}),
+                            **({"version_id": version_id} if version_id else {})})
             session.commit()
 
     def record_analysis(self, *, sha256: str, code_version: str, report: dict) -> None:
         """Insert the analysis of a content by a code version (once)."""
         with Session(self.engine) as session:
-            exists = session.exec(select(AnalysisRow).where(
-                AnalysisRow.source_sha256 == sha256, AnalysisRow.code_version == code_version)).first()
-            if exists is None:
-                session.add(AnalysisRow(source_sha256=sha256, code_version=code_version,
-                                        report_json=json.dumps(report)))
-                session.commit()
+            _insert(session, AnalysisRow.__table__, {"source_sha256": sha256, "code_version": code_version,
+                                                     "report_json": json.dumps(report), "created_at": _now()},
+                    conflict=["source_sha256", "code_version"])
+            session.commit()
 
     def start_run(self, **fields: Any) -> int:
         """Insert a run row; returns its id."""
@@ -230,17 +300,57 @@ class LineageStore:
             session.add(row)
             session.commit()
 
-    def record_rendition(self, **fields: Any) -> None:
+    def open_runs(self) -> list[tuple[int, str]]:
+        """``(run id, flow run id)`` of every run row still ``running``."""
+        with Session(self.engine) as session:
+            return [(row.id, row.flow_run_id) for row in
+                    session.exec(select(RunRow).where(RunRow.status == "running")).all()]
+
+    def close_runs(self, run_ids: Iterable[int], status: str) -> int:
+        """Close run rows whose flow run ended without closing them (its process died).
+
+        Parameters
+        ----------
+        run_ids : iterable of int
+        status : str
+            E.g. ``"crashed"``.
+
+        Returns
+        -------
+        int
+            Rows closed (rows no longer ``running`` are left alone).
+        """
+        ids = list(run_ids)
+        if not ids:
+            return 0
+        with Session(self.engine) as session:
+            result = session.exec(update(RunRow).where(RunRow.id.in_(ids), RunRow.status == "running")
+                                   .values(status=status, finished_at=_now()))
+            session.commit()
+            return result.rowcount
+
+    def record_rendition(self, **fields: Any) -> bool:
         """Insert a rendition row, unless the same content is already recorded at the same URI.
 
-        A re-run that republishes identical bytes keeps the lineage of the run that made them.
+        A re-run that republishes identical bytes keeps the lineage of the run that made them
+        (renditions are deterministic, so this is the common case). A published row whose URI
+        now holds other bytes is marked ``superseded``: lineage never calls a content published
+        at a URI that no longer holds it.
+
+        Returns
+        -------
+        bool
+            True when this call inserted the row.
         """
         with Session(self.engine) as session:
-            exists = session.exec(select(RenditionRow).where(
-                RenditionRow.uri == fields["uri"], RenditionRow.sha256 == fields["sha256"])).first()
-            if exists is None:
-                session.add(RenditionRow(**fields))
-                session.commit()
+            inserted = _insert(session, RenditionRow.__table__, {"attempts": 1, "created_at": _now(), **fields},
+                               conflict=["uri", "sha256"])
+            if fields.get("verdict") == "published":
+                session.exec(update(RenditionRow).where(
+                    RenditionRow.uri == fields["uri"], RenditionRow.sha256 != fields["sha256"],
+                    RenditionRow.verdict == "published").values(verdict="superseded"))
+            session.commit()
+            return inserted
 
     def known_location(self, *, uri: str, etag: str | None) -> str | None:
         """SHA-256 of the content last seen at ``uri`` with this ETag (or size+mtime), if any."""

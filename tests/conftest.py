@@ -70,3 +70,23 @@ def puresound_env(tmp_path, monkeypatch, prefect_server):
     monkeypatch.delenv("PURESOUND_DATABASE_URL", raising=False)
     monkeypatch.delenv("PURESOUND_PRESETS_DIR", raising=False)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL server for the session (``pgserver``: its binaries from PyPI, a Unix socket)."""
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """SQLAlchemy URL (psycopg 3) of a fresh, empty database on :func:`postgres_server`."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:50]
+    postgres_server.psql(f"DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name};")
+    base = postgres_server.get_uri(name)
+    return base.replace("postgresql://", "postgresql+psycopg://", 1)

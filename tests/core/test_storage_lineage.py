@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from puresound_core.errors import StorageError
-from puresound_core.lineage import LineageStore
+from puresound_core.lineage import LineageStore, head_revision
 from puresound_core.storage import LocalStorage, sha256_file
 
 
@@ -56,8 +56,94 @@ def test_schema_is_versioned_and_migration_is_repeatable(tmp_path):
     _store(tmp_path)
     store = _store(tmp_path)  # second open: nothing to apply, nothing broken
     with store.engine.connect() as connection:
-        versions = [row[0] for row in connection.execute(text("SELECT version FROM schema_version"))]
-    assert versions == [1] and store.schema_version == 1
+        revisions = [row[0] for row in connection.execute(text("SELECT version_num FROM alembic_version"))]
+    assert revisions == [head_revision()] == [store.schema_version]
+
+
+def test_a_database_from_before_alembic_is_upgraded_in_place(tmp_path):
+    """The hand-rolled scheme's version-1 database, with a duplicate rendition row, keeps its rows."""
+    import sqlite3
+
+    path = tmp_path / "lineage.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(LEGACY_SCHEMA_1)
+        db.execute("INSERT INTO schema_version VALUES (1, '2026-01-01')")
+        db.execute("INSERT INTO runs VALUES (1, 'r', 'podcast', '1', 'f', '0.1', '18', '62', '2026-01-01', NULL, "
+                   "'completed')")
+        for _ in range(2):  # what two racing workers could write before the unique index
+            db.execute("INSERT INTO renditions (source_sha256, run_id, preset_name, preset_version, rendition_name, "
+                       "uri, sha256, size_bytes, codec_json, verdict, attempts, created_at) VALUES "
+                       "('s', 1, 'podcast', '1', 'mp3', 'file:///o.mp3', 'h', 1, '{}', 'published', 1, '2026-01-01')")
+    store = LineageStore(f"sqlite:///{path}")
+    assert store.schema_version == head_revision()
+    assert [r["uri"] for r in store.chain("file:///o.mp3").renditions] == ["file:///o.mp3"]  # duplicates folded
+    with store.engine.connect() as connection:
+        assert connection.execute(text("SELECT COUNT(*) FROM renditions")).scalar() == 1
+        assert connection.execute(text("SELECT status FROM runs")).scalar() == "completed"
+        assert "schema_version" not in inspect(connection).get_table_names()
+    assert store.published(sha256="s", preset_name="podcast", preset_version="1")
+
+
+def _rendition(run: int, uri: str, sha256: str, verdict: str = "published") -> dict:
+    return dict(source_sha256="s" * 64, run_id=run, preset_name="podcast", preset_version="1",
+                rendition_name="mp3", uri=uri, sha256=sha256, size_bytes=5, codec_json="{}", verdict=verdict)
+
+
+def test_one_row_per_rendition_and_overwritten_bytes_are_superseded(tmp_path):
+    store = _store(tmp_path)
+    store.record_source(sha256="s" * 64, uri="file:///in/a.wav", size_bytes=10, probe={})
+    store.record_source(sha256="s" * 64, uri="file:///in/a.wav", size_bytes=10, probe={}, etag="e2")
+    run = store.start_run(flow_run_id="run-1", preset_name="podcast", preset_version="1", preset_fingerprint="f",
+                          package_version="0.1.0", pyav_version="18", ffmpeg_version="62")
+    assert store.record_rendition(**_rendition(run, "file:///out/a.mp3", "a" * 64))
+    assert not store.record_rendition(**_rendition(run, "file:///out/a.mp3", "a" * 64))  # same bytes again
+    assert store.record_rendition(**_rendition(run, "file:///out/a.mp3", "b" * 64))  # other bytes, same path
+    verdicts = {r["sha256"][0]: r["verdict"] for r in store.chain("s" * 64).renditions}
+    assert verdicts == {"a": "superseded", "b": "published"}
+    assert store.known_location(uri="file:///in/a.wav", etag="e2") == "s" * 64
+
+
+def test_runs_left_running_by_a_dead_process_are_closed(tmp_path):
+    store = _store(tmp_path)
+    fields = dict(preset_name="podcast", preset_version="1", preset_fingerprint="f", package_version="0.1.0",
+                  pyav_version="18", ffmpeg_version="62")
+    dead, alive = store.start_run(flow_run_id="dead", **fields), store.start_run(flow_run_id="alive", **fields)
+    assert sorted(store.open_runs()) == [(dead, "dead"), (alive, "alive")]
+    assert store.close_runs([dead], "crashed") == 1
+    assert store.close_runs([dead], "crashed") == 0  # closed rows are left alone
+    assert store.open_runs() == [(alive, "alive")]
+
+
+#: What the hand-rolled migration 1 created (before Alembic), as SQLite printed it.
+LEGACY_SCHEMA_1 = """
+CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at DATETIME NOT NULL, PRIMARY KEY (version));
+CREATE TABLE sources (id INTEGER NOT NULL, sha256 VARCHAR(64) NOT NULL, size_bytes INTEGER NOT NULL,
+    probe_json VARCHAR NOT NULL, first_seen_at DATETIME NOT NULL, PRIMARY KEY (id));
+CREATE UNIQUE INDEX ix_sources_sha256 ON sources (sha256);
+CREATE TABLE source_locations (id INTEGER NOT NULL, uri VARCHAR NOT NULL, sha256 VARCHAR(64) NOT NULL,
+    size_bytes INTEGER NOT NULL, etag VARCHAR, version_id VARCHAR, seen_at DATETIME NOT NULL, PRIMARY KEY (id),
+    UNIQUE (uri, sha256));
+CREATE INDEX ix_source_locations_sha256 ON source_locations (sha256);
+CREATE INDEX ix_source_locations_uri ON source_locations (uri);
+CREATE TABLE analyses (id INTEGER NOT NULL, source_sha256 VARCHAR(64) NOT NULL, code_version VARCHAR NOT NULL,
+    report_json VARCHAR NOT NULL, created_at DATETIME NOT NULL, PRIMARY KEY (id), UNIQUE (source_sha256, code_version));
+CREATE INDEX ix_analyses_source_sha256 ON analyses (source_sha256);
+CREATE TABLE runs (id INTEGER NOT NULL, flow_run_id VARCHAR NOT NULL, preset_name VARCHAR NOT NULL,
+    preset_version VARCHAR NOT NULL, preset_fingerprint VARCHAR NOT NULL, package_version VARCHAR NOT NULL,
+    pyav_version VARCHAR NOT NULL, ffmpeg_version VARCHAR NOT NULL, started_at DATETIME NOT NULL,
+    finished_at DATETIME, status VARCHAR NOT NULL, PRIMARY KEY (id));
+CREATE INDEX ix_runs_flow_run_id ON runs (flow_run_id);
+CREATE TABLE renditions (id INTEGER NOT NULL, source_sha256 VARCHAR(64) NOT NULL, run_id INTEGER NOT NULL,
+    preset_name VARCHAR NOT NULL, preset_version VARCHAR NOT NULL, rendition_name VARCHAR NOT NULL,
+    uri VARCHAR NOT NULL, sha256 VARCHAR(64) NOT NULL, size_bytes INTEGER NOT NULL, codec_json VARCHAR NOT NULL,
+    integrated_lufs FLOAT, true_peak_dbtp FLOAT, lra_lu FLOAT, verdict VARCHAR NOT NULL, attempts INTEGER NOT NULL,
+    created_at DATETIME NOT NULL, PRIMARY KEY (id), FOREIGN KEY(run_id) REFERENCES runs (id));
+CREATE INDEX ix_renditions_preset_name ON renditions (preset_name);
+CREATE INDEX ix_renditions_uri ON renditions (uri);
+CREATE INDEX ix_renditions_source_sha256 ON renditions (source_sha256);
+CREATE INDEX ix_renditions_run_id ON renditions (run_id);
+CREATE INDEX ix_renditions_sha256 ON renditions (sha256);
+"""
 
 
 def test_input_scan_refuses_links_out_skips_outputs_and_keeps_any_name(tmp_path):
