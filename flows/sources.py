@@ -18,6 +18,8 @@ def list_sources(locations: list[str], *, exclude: list[str] = (),
     Parameters
     ----------
     locations : list of str
+        Local paths, ``file://`` URIs (as :attr:`SourceRef.uri`: any bytes of a name survive
+        JSON), and ``s3://bucket/prefix``.
     exclude : list of str
         Local folders whose contents are never inputs (the output folder, the work area).
     follow_symlinks : bool
@@ -43,7 +45,8 @@ def list_sources(locations: list[str], *, exclude: list[str] = (),
     from puresound_core.storage.s3 import S3Storage, parse_s3_uri
 
     refs: list[SourceRef] = []
-    local = [loc for loc in locations if not loc.startswith("s3://")]
+    local = [SourceRef(uri=loc).local_path if loc.startswith("file://") else loc
+             for loc in locations if not loc.startswith("s3://")]
     found, excluded = scan_local_sources(local, exclude=list(exclude), follow_symlinks=follow_symlinks)
     refs.extend(SourceRef.local(entry.path, problem=entry.problem) for entry in found)
     for loc in (loc for loc in locations if loc.startswith("s3://")):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,8 +15,9 @@ class PureSoundSettings(BaseSettings):
 
     Attributes
     ----------
-    output_dir : Path
-        Where renditions and reports are published (``PURESOUND_OUTPUT_DIR``).
+    output_dir : str
+        Where renditions and reports are published (``PURESOUND_OUTPUT_DIR``): a local folder
+        or ``s3://bucket/prefix`` (text, not a path: a path would fold ``s3://`` into ``s3:/``).
     state_dir : Path
         Work area: content-addressed renders that cached task results point to, and the
         default SQLite lineage database.
@@ -30,6 +31,15 @@ class PureSoundSettings(BaseSettings):
     task_runner : {"process", "thread"}
         Where a batch's files run (``PURESOUND_TASK_RUNNER``): worker processes (every core;
         the default) or threads of the flow's process.
+    fanout : {"auto", "off"}
+        ``auto``: a run started from a deployment with at least ``fanout_min_files`` files
+        splits them into child flow runs of ``fanout_files_per_run`` files, submitted to the
+        work pool as the preset's ``part`` deployment, so every worker on every machine takes
+        a share (:mod:`flows.fanout`). ``off``: every file runs in the run that listed it.
+    fanout_min_files, fanout_files_per_run : int
+        See ``fanout``.
+    fanout_crash_retries : int
+        Times a crashed child run (its worker or process died) is rescheduled.
     follow_symlinks : bool
         Read symbolic links inside input folders that lead outside them.
     server_startup_timeout_s : float
@@ -53,7 +63,7 @@ class PureSoundSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PURESOUND_", extra="ignore")
 
-    output_dir: Path = Field(default=Path("puresound-out"), description="Published renditions and reports")
+    output_dir: str = Field(default="puresound-out", description="Published renditions and reports (folder or s3://)")
     state_dir: Path = Field(default=Path.home() / ".puresound", description="Render cache and default lineage DB")
     database_url: str | None = Field(default=None, description="Lineage database URL (SQLAlchemy)")
     presets_dir: Path | None = Field(default=None, description="Folder of user YAML presets")
@@ -61,6 +71,11 @@ class PureSoundSettings(BaseSettings):
                          description="Files processed at once (default: the number of cores)")
     task_runner: Literal["process", "thread"] = Field(
         default="process", description="Run a batch's files in worker processes (every core) or in threads")
+    fanout: Literal["auto", "off"] = Field(
+        default="auto", description="Split a deployment run's files into child runs on the work pool")
+    fanout_min_files: int = Field(default=4, ge=2, description="Fewest files a run fans out")
+    fanout_files_per_run: int = Field(default=2, ge=1, le=1000, description="Files per child run")
+    fanout_crash_retries: int = Field(default=1, ge=0, le=10, description="Reschedules of a crashed child run")
     server_startup_timeout_s: float = Field(default=180.0, gt=0, le=3600,
                                             description="Wait for the temporary Prefect server of `puresound run` "
                                                         "(no PREFECT_API_URL) to start")
@@ -79,6 +94,11 @@ class PureSoundSettings(BaseSettings):
     timezone: str = Field(default="UTC", description="IANA timezone of the nightly cron")
     nightly_source_root: str = Field(default="incoming", description="Nightly source: {root}/{preset} "
                                                                       "(a folder or s3://bucket/prefix)")
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _output_text(cls, value):
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @property
     def lineage_url(self) -> str:

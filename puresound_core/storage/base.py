@@ -133,6 +133,10 @@ class Storage(Protocol):
         """Store bytes under ``key`` atomically."""
         ...
 
+    def get_bytes(self, key: str) -> bytes | None:
+        """The bytes under ``key``, or ``None`` when there is no such object."""
+        ...
+
     def uri(self, key: str) -> str:
         """The URI ``key`` has (or would have) in this storage."""
         ...

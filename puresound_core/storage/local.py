@@ -53,6 +53,22 @@ class LocalStorage:
         """``file://`` URI of ``key``."""
         return self._path(key).as_uri()
 
+    def get_bytes(self, key: str) -> bytes | None:
+        """The bytes stored under ``key``, or ``None`` when there is no such object.
+
+        Raises
+        ------
+        StorageError
+            When the object exists but cannot be read.
+        """
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StorageError(f"{key}: cannot read from {self.root}: {err.strerror}") from err
+
     def put_file(self, local_path: str | os.PathLike, key: str, *, sha256: str | None = None) -> StoredObject:
         """Copy a file in atomically; verify the copy's SHA-256.
 

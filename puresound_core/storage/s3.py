@@ -184,6 +184,21 @@ class S3Storage:
         """``s3://bucket/prefix/key``."""
         return f"s3://{self.bucket}/{self._key(key)}"
 
+    def get_bytes(self, key: str) -> bytes | None:
+        """The bytes stored under ``key``, or ``None`` when there is no such object.
+
+        Raises
+        ------
+        StorageError
+            When the GET fails for another reason (after the client's retries).
+        """
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageError(f"{self.uri(key)}: GET failed: {err}") from err
+
     def _existing_sha256(self, full_key: str) -> str | None:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=full_key)
