@@ -1,13 +1,4 @@
-"""Every preset's three deployments, served from one process (``puresound serve``).
-
-Per preset ``P``:
-
-* ``ingest-P/nightly``: the ingestion flow on a cron schedule with a timezone; parameter
-  ``source`` is the prefix to list (``{nightly_source_root}/P`` by default);
-* ``P/on-upload``: started by the S3 bridge, once per uploaded object;
-* ``P/manual``: started from the UI; its ``request`` parameter is a pydantic model, so the
-  UI shows a form (sources, output folder / prefix).
-"""
+"""Every preset's deployments (:mod:`deployments.specs`), served from one process (``puresound serve``)."""
 
 from __future__ import annotations
 
@@ -17,17 +8,20 @@ from prefect import serve
 from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
-from flows.presets import RunRequest, ingest_flow, preset_flow
+from deployments.specs import MANUAL, NIGHTLY, ON_UPLOAD, PART, deployment_specs
+from flows.presets import ingest_flow, part_flow, preset_flow
 from puresound.settings import PureSoundSettings
 from puresound_core.presets import Preset, load_presets
 
-ON_UPLOAD = "on-upload"
-MANUAL = "manual"
-NIGHTLY = "nightly"
+__all__ = ["MANUAL", "NIGHTLY", "ON_UPLOAD", "PART", "build_deployments", "serve_all"]
 
 
 def build_deployments(presets: dict[str, Preset], settings: PureSoundSettings) -> list:
-    """Runner deployments of every preset (see module docstring).
+    """Runner deployments of every preset (:func:`deployments.specs.deployment_specs`).
+
+    Defaults are valid where the deployments run: absolute, from this process's settings
+    (``PURESOUND_OUTPUT_DIR``, ``PURESOUND_NIGHTLY_SOURCE_ROOT``, ``PURESOUND_NIGHTLY_CRON``,
+    ``PURESOUND_TIMEZONE``); schedules are on (``serve`` is run where the sources are real).
 
     Parameters
     ----------
@@ -38,30 +32,21 @@ def build_deployments(presets: dict[str, Preset], settings: PureSoundSettings) -
     -------
     list of prefect.deployments.runner.RunnerDeployment
     """
-    # Defaults valid where the deployments run: absolute, from this process's settings.
-    output = str(settings.output_dir.resolve())
+    output = settings.output_dir
+    if not output.startswith("s3://"):
+        output = str(Path(output).resolve())
     root = settings.nightly_source_root
     if not root.startswith("s3://"):
         root = str(Path(root).resolve())
+    builders = {NIGHTLY: ingest_flow, ON_UPLOAD: preset_flow, MANUAL: preset_flow, PART: part_flow}
     deployments = []
-    for preset in presets.values():
-        flow_fn = preset_flow(preset)
-        ingest = ingest_flow(preset)
-        tags = ["puresound", f"preset:{preset.name}"]
-        deployments.append(ingest.to_deployment(
-            name=NIGHTLY, entrypoint_type=EntrypointType.MODULE_PATH, tags=[*tags, NIGHTLY],
-            description=f"Nightly ingestion of new sources for {preset.name} v{preset.version}: {preset.summary()}",
-            schedules=[Cron(settings.nightly_cron, timezone=settings.timezone)],
-            parameters={"source": f"{root.rstrip('/')}/{preset.name}", "output_dir": output}))
+    for spec in deployment_specs(presets, source_root=root, output_dir=output, cron=settings.nightly_cron,
+                                 timezone=settings.timezone, schedules_active=True):
+        flow_fn = builders[spec.name](presets[spec.preset])
         deployments.append(flow_fn.to_deployment(
-            name=ON_UPLOAD, entrypoint_type=EntrypointType.MODULE_PATH, tags=[*tags, ON_UPLOAD],
-            description=f"{preset.name}: one uploaded object, started by the S3 bridge. {preset.summary()}",
-            parameters={"request": RunRequest(sources=["s3://bucket/key"], output_dir=output).model_dump()}))
-        deployments.append(flow_fn.to_deployment(
-            name=MANUAL, entrypoint_type=EntrypointType.MODULE_PATH, tags=[*tags, MANUAL],
-            description=f"{preset.name}: run on chosen files, folders or S3 prefixes from the UI. {preset.summary()}",
-            parameters={"request": RunRequest(sources=[f"{root.rstrip('/')}/{preset.name}"],
-                                              output_dir=output).model_dump()}))
+            name=spec.name, entrypoint_type=EntrypointType.MODULE_PATH, tags=spec.tags,
+            description=spec.description, parameters=spec.parameters,
+            schedules=[Cron(spec.cron, timezone=spec.timezone)] if spec.cron else None))
     return deployments
 
 

@@ -10,8 +10,10 @@ files removed), the batch report is written and the lineage run row is closed.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,9 +28,11 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 import puresound_core
-from flows.dynamic import entry_name
+from flows.dynamic import PART_PREFIX, entry_name
+from flows.fanout import fan_out_wanted, part_deployment_exists, part_flow_name, run_parts
 from flows.models import BatchReport, RunRequest, SourceOutcome, SourceRef, lineage_markdown, summary_rows
 from flows.pipeline import process_source
+from flows.recovery import close_orphaned_runs
 from flows.runner import batch_task_runner, worker_environment
 from flows.sources import already_published, list_sources
 from puresound.report_html import render_report_html
@@ -38,8 +42,8 @@ from puresound_core.cancel import Cancelled, clear_stop, request_stop, stop_reas
 from puresound_core.errors import PureSoundError
 from puresound_core.presets import Preset
 
-__all__ = ["BatchReport", "RunRequest", "SourceOutcome", "SourceRef", "ingest_flow", "preset_flow", "run_batch",
-           "summary_rows"]
+__all__ = ["BatchReport", "RunRequest", "SourceOutcome", "SourceRef", "ingest_flow", "part_flow", "preset_flow",
+           "run_batch", "summary_rows"]
 
 #: ``fn(done, total, outcome)``, called as each file finishes (the CLI's progress bar).
 ProgressCallback = Callable[[int, int, SourceOutcome], None]
@@ -85,8 +89,23 @@ def _collect(futures: dict, preset: Preset, on_progress: ProgressCallback | None
     return outcomes
 
 
+class _Progress:
+    """``on_done(ref, outcome)`` of a fanned-out batch: the progress artifact and the caller's callback."""
+
+    def __init__(self, preset: Preset, total: int, on_progress: ProgressCallback | None, progress_id):
+        self.preset, self.total, self.on_progress, self.progress_id, self.done = preset, total, on_progress, progress_id, 0
+
+    def __call__(self, ref: SourceRef, outcome: SourceOutcome) -> None:
+        self.done += 1
+        update_progress_artifact(self.progress_id, progress=100.0 * self.done / max(self.total, 1),
+                                 description=f"{self.preset.name}: {self.done} of {self.total} files")
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total, outcome)
+
+
 def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None, *,
-              skip_published: bool = False, on_progress: ProgressCallback | None = None, workers: int | None = None):
+              skip_published: bool = False, on_progress: ProgressCallback | None = None, workers: int | None = None,
+              part_of: str | None = None):
     """Body of every preset flow (see module docstring); call it inside a flow run.
 
     Parameters
@@ -107,6 +126,10 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
         Files at once; default ``PURESOUND_WORKERS`` (the number of cores). With
         ``PURESOUND_TASK_RUNNER=process`` (the default) they run in worker processes
         (:mod:`flows.runner`).
+    part_of : str, optional
+        Flow run id of the batch this run is a part of (:mod:`flows.fanout`): it writes only
+        its own ``runs/{id}.json`` report, no "latest" report or keyed artifacts, and never
+        fans out again.
 
     Returns
     -------
@@ -129,6 +152,9 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
     except (FileNotFoundError, PermissionError, PureSoundError) as err:
         logger.error("cannot list the sources: %s", err)  # one line, no traceback: the input is wrong
         return Failed(message=f"cannot list the sources: {err}")
+    if part_of is not None:  # exactly the files the batch gave this part (an S3 key is also a prefix of others)
+        wanted = set(sources)
+        refs = [r for r in refs if r.uri in wanted]
     if excluded:
         logger.info("%d files inside the output folder or work area were not taken as sources", len(excluded))
     skipped: list[SourceRef] = []
@@ -143,19 +169,27 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
     run_id = lineage.start_run(
         flow_run_id=str(flow_run.id or "local"), preset_name=preset.name, preset_version=preset.version,
         preset_fingerprint=preset.fingerprint, package_version=puresound_core.__version__,
-        pyav_version=av.__version__, ffmpeg_version=FFMPEG_VERSION)
+        pyav_version=av.__version__, ffmpeg_version=FFMPEG_VERSION,
+        worker=f"{os.environ.get('PREFECT__WORKER_NAME') or 'no worker'}@{socket.gethostname()}")
+    close_orphaned_runs(lineage, current_flow_run_id=str(flow_run.id or ""), current_run_id=run_id)
     outcomes: dict[str, SourceOutcome] = {}
     status = "failed"
     clear_stop()
     try:
         with _StopOnSigterm():
             progress_id = create_progress_artifact(progress=0.0, description=f"{preset.name}: 0 of {len(refs)} files")
-            runner = batch_task_runner(settings.task_runner, workers or settings.workers, len(refs))
-            with worker_environment(runner), runner:
-                futures = {runner.submit(process_source, {"source": ref, "preset": preset, "output_dir": output,
-                                                          "work_dir": work_dir, "database_url": database_url,
-                                                          "run_id": run_id}): ref for ref in refs}
-                outcomes.update(_collect(futures, preset, on_progress, progress_id))
+            if part_of is None and fan_out_wanted(settings, len(refs)) and part_deployment_exists(preset):
+                outcomes.update(run_parts(
+                    preset, refs, output, files_per_run=settings.fanout_files_per_run,
+                    crash_retries=settings.fanout_crash_retries, read_report=shared.storage(output).get_bytes,
+                    on_done=_Progress(preset, len(refs), on_progress, progress_id)))
+            else:
+                runner = batch_task_runner(settings.task_runner, workers or settings.workers, len(refs))
+                with worker_environment(runner), runner:
+                    futures = {runner.submit(process_source, {"source": ref, "preset": preset, "output_dir": output,
+                                                              "work_dir": work_dir, "database_url": database_url,
+                                                              "run_id": run_id}): ref for ref in refs}
+                    outcomes.update(_collect(futures, preset, on_progress, progress_id))
         stopped = "SIGTERM: files not finished were abandoned" if stop_requested() else None
         ordered = [outcomes[r.uri] for r in refs]
         counts = {v: sum(o.verdict == v for o in ordered) for v in ("published", "rejected", "failed")}
@@ -167,18 +201,21 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
                              loudness_target=preset.loudness.model_dump(mode="json"))
         storage = shared.storage(output)
         payload = report.model_dump_json(indent=2).encode()
-        storage.put_bytes(payload, f"{preset.name}/report.json")
-        storage.put_bytes(payload, f"{preset.name}/runs/{report.flow_run_id or 'local'}.json")
         page = render_report_html(report.model_dump(mode="json")).encode()
-        html = storage.put_bytes(page, f"{preset.name}/report.html")
-        storage.put_bytes(page, f"{preset.name}/runs/{report.flow_run_id or 'local'}.html")
-        create_table_artifact(table=summary_rows(ordered), key=f"{preset.name}-summary",
+        html = storage.put_bytes(page, f"{preset.name}/runs/{report.flow_run_id or 'local'}.html")
+        storage.put_bytes(payload, f"{preset.name}/runs/{report.flow_run_id or 'local'}.json")
+        if part_of is None:  # a part's report is its batch's to aggregate, not the preset's latest
+            storage.put_bytes(payload, f"{preset.name}/report.json")
+            html = storage.put_bytes(page, f"{preset.name}/report.html")
+        create_table_artifact(table=summary_rows(ordered), key=None if part_of else f"{preset.name}-summary",
                               description=(f"{preset.name} v{preset.version}: {counts['new']} new, "
                                            f"{counts['skipped']} skipped, {counts['published']} published, "
                                            f"{counts['rejected']} rejected, {counts['failed']} failed"))
-        create_link_artifact(link=html.uri, link_text=f"{preset.name} report.html", key=f"{preset.name}-report",
+        create_link_artifact(link=html.uri, link_text=f"{preset.name} report.html",
+                             key=None if part_of else f"{preset.name}-report",
                              description="Loudness over time of every source and rendition, verdicts and reasons")
-        create_markdown_artifact(markdown=lineage_markdown(report), key=f"{preset.name}-lineage",
+        create_markdown_artifact(markdown=lineage_markdown(report),
+                                 key=None if part_of else f"{preset.name}-lineage",
                                  description="Where every published rendition came from")
         logger.info("report: %s", html.uri)
         failed = [Path(o.path).name for o in ordered if o.verdict == "failed"]
@@ -294,4 +331,26 @@ def ingest_flow(preset: Preset, *, workers: int | None = None):
     body.__doc__ = f"Nightly ingestion for {preset.name} (new sources only): {preset.summary()}."
     _importable_as(body, entry_name(preset.name, ingest=True))
     return flow(name=f"ingest-{preset.name}", flow_run_name=_run_namer(preset, lambda p: p["source"]),
+                description=body.__doc__)(body)
+
+
+def part_flow(preset: Preset):
+    """The part flow of one preset, ``part-{preset}``: some files of a fanned-out batch (:mod:`flows.fanout`).
+
+    Parameters
+    ----------
+    preset : Preset
+
+    Returns
+    -------
+    prefect.Flow
+        Parameters ``sources: list[str]`` (``file://`` or ``s3://`` URIs), ``output_dir: str``
+        and ``parent_flow_run_id: str``.
+    """
+    def body(sources: list[str], output_dir: str, parent_flow_run_id: str):
+        return run_batch(preset, sources, output_dir, part_of=parent_flow_run_id)
+
+    body.__doc__ = f"Some files of a {preset.name} batch, run on any worker of the pool: {preset.summary()}."
+    _importable_as(body, PART_PREFIX + entry_name(preset.name))
+    return flow(name=part_flow_name(preset.name), flow_run_name=_run_namer(preset, lambda p: p["sources"][0]),
                 description=body.__doc__)(body)

@@ -301,6 +301,72 @@ def serve(preset: Annotated[list[str] | None, typer.Option("--preset", help="Onl
     serve_all(preset or None)
 
 
+@app.command()
+def deployments(prefect_yaml: Annotated[bool, typer.Option(
+        "--prefect-yaml", help="Print prefect.yaml (the built-in presets' deployments for a work pool).")] = False,
+) -> None:
+    """List every preset's deployments (what `serve` registers), or print prefect.yaml from the same description."""
+    import sys
+
+    from deployments.specs import deployment_specs, yaml_of_builtin_presets
+
+    settings = _settings()
+    if prefect_yaml:
+        sys.stdout.write(yaml_of_builtin_presets())
+        return
+    for spec in deployment_specs(_load_presets(), source_root=settings.nightly_source_root,
+                                 output_dir=str(settings.output_dir), cron=settings.nightly_cron,
+                                 timezone=settings.timezone, schedules_active=True):
+        schedule = f"  [{spec.cron} {spec.timezone}]" if spec.cron else ""
+        console.print(f"{spec.flow_name}/{spec.name}{schedule}  {spec.parameters}", markup=False, highlight=False)
+
+
+_POOL_OPTION = typer.Option("--pool", help="Work pool of the deployments (prefect.yaml's).")
+
+
+@app.command()
+def doctor(pool: Annotated[str, _POOL_OPTION] = "puresound-process") -> None:
+    """Check what a production install depends on: Prefect API, workers, lineage database, shared state, S3."""
+    from puresound.doctor import run_checks
+
+    colours = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+    checks = run_checks(pool=pool, settings=_settings())
+    table = Table(show_header=True, header_style="bold")
+    for column in ("check", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        table.add_row(check.name, f"[{colours[check.status]}]{check.status}[/]", escape(check.detail))
+    console.print(table)
+    if any(c.status == "fail" for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+def setup(
+    pool: Annotated[str, _POOL_OPTION] = "puresound-process",
+    heartbeat_s: Annotated[int, typer.Option(
+        "--heartbeat-s", min=30, help="PREFECT_FLOWS_HEARTBEAT_FREQUENCY of the workers; a run is Crashed after 3 "
+                                      "missed heartbeats.")] = 180,
+) -> None:
+    """Create what the deployments need on the Prefect server: the process work pool and crash detection."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from flows.recovery import ZOMBIE_AUTOMATION, ensure_zombie_automation, zombie_window_s
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            console.print(f"work pool {pool!r} (process) created")
+        except ObjectAlreadyExists:
+            console.print(f"work pool {pool!r} exists")
+    _, within_s, created = ensure_zombie_automation(zombie_window_s(heartbeat_s))
+    console.print(f"automation {ZOMBIE_AUTOMATION!r} {'created' if created else 'exists'}: a flow run without a "
+                  f"heartbeat for {within_s:g} s is marked Crashed. Start every worker with "
+                  f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY={heartbeat_s} (or less).", markup=False, highlight=False)
+
+
 @app.command("s3-bridge")
 def s3_bridge(
     queue_url: Annotated[str, typer.Option("--queue-url", help="SQS queue fed by S3 ObjectCreated notifications.")],

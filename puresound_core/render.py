@@ -32,6 +32,7 @@ import hashlib
 import math
 import os
 import queue
+import re
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -742,6 +743,37 @@ def _retry_update(plan: ProcessingPlan, aim: float | None, verification: Verific
 def _attempt_path(out: Path, token: str, attempt: int) -> Path:
     """A hidden file beside ``out`` for one attempt, unique to this render (``token``)."""
     return out.parent / f".{out.name}.{token}.attempt{attempt}"
+
+
+_LEFTOVER = re.compile(r"^\..+(\.part|\.attempt\d+)$")
+
+
+def remove_abandoned_attempts(folder: str | os.PathLike) -> list[Path]:
+    """Delete the hidden attempt and ``.part`` files a render that died left in its folder.
+
+    A render cleans up after itself even when it fails or is stopped; only a process killed
+    outright (SIGKILL, a lost machine) leaves them. Call this only while holding the lock that
+    keeps every other render of the same content out of ``folder`` (the pipeline's content
+    lock), so no live render's file is taken.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        A render's output folder (its renditions' parent).
+
+    Returns
+    -------
+    list of Path
+        The files removed (none when the folder does not exist).
+    """
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if entry.is_file(follow_symlinks=False) and _LEFTOVER.match(entry.name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
 
 
 class _Attempt(NamedTuple):

@@ -14,7 +14,7 @@ import hashlib
 from pathlib import Path
 
 import av
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
 import puresound_core
@@ -25,7 +25,7 @@ from puresound_core.errors import PureSoundError
 from puresound_core.isolation import inspect_isolated, is_transient_failure
 from puresound_core.policy import render_preset, rendition_plans
 from puresound_core.presets import Preset, Rendition
-from puresound_core.render import RenditionPlan, RenditionResult
+from puresound_core.render import RenditionPlan, RenditionResult, remove_abandoned_attempts
 from puresound_core.storage import sha256_file
 from puresound_core.validation import ValidationLimits
 
@@ -242,6 +242,12 @@ def render_cached(path: str, sha256: str, preset: Preset, analysis: AnalysisRepo
 
 def _render_or_refresh(path: str, sha256: str, preset: Preset, analysis: AnalysisReport, work_dir: str,
                        plans: list[RenditionPlan]) -> list[RenditionResult]:
+    # Called under the pipeline's content lock: no live render of this content writes here.
+    folder = rendition_work_path(work_dir, sha256, preset, preset.renditions[0]).parent
+    removed = remove_abandoned_attempts(folder)
+    if removed:
+        get_run_logger().warning("removed %d partial files left by a render that died: %s", len(removed),
+                                 ", ".join(p.name for p in removed))
     results = render(path, sha256, preset, analysis, work_dir, plans)
     if not all(Path(r.path).exists() for r in results):
         results = render.with_options(refresh_cache=True)(path, sha256, preset, analysis, work_dir, plans)

@@ -1,4 +1,4 @@
-"""prefect.yaml and the served deployments: complete, importable, scheduled with a timezone."""
+"""prefect.yaml and the served deployments: one description, complete, importable, scheduled with a timezone."""
 
 from __future__ import annotations
 
@@ -7,18 +7,27 @@ from pathlib import Path
 import yaml
 from prefect.utilities.importtools import import_object
 
-from deployments.serve import MANUAL, NIGHTLY, ON_UPLOAD, build_deployments
+from deployments.serve import MANUAL, NIGHTLY, ON_UPLOAD, PART, build_deployments
+from deployments.specs import yaml_of_builtin_presets
 from puresound.settings import PureSoundSettings
 from puresound_core.presets import BUILTIN_PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_prefect_yaml_declares_three_complete_deployments_per_preset():
+def test_prefect_yaml_is_generated_from_the_deployments_serve_builds():
+    assert (REPO / "prefect.yaml").read_text() == yaml_of_builtin_presets(), (
+        "prefect.yaml is stale: run `puresound deployments --prefect-yaml > prefect.yaml`")
     project = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    assert "definitions" in project
+    served = build_deployments(BUILTIN_PRESETS, PureSoundSettings())
+    assert [(d["name"], d["entrypoint"].split(":")[1], d["tags"]) for d in project["deployments"]] == [
+        (d.name, d.entrypoint.rsplit(".", 1)[1], d.tags) for d in served]
+
+
+def test_prefect_yaml_declares_four_complete_deployments_per_preset():
+    project = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = project["deployments"]
-    assert len(deployments) == 3 * len(BUILTIN_PRESETS)
+    assert len(deployments) == 4 * len(BUILTIN_PRESETS)
     for deployment in deployments:
         assert deployment["description"] and deployment["parameters"], deployment["name"]
         flow = import_object(deployment["entrypoint"])
@@ -28,17 +37,19 @@ def test_prefect_yaml_declares_three_complete_deployments_per_preset():
             # placeholder sources: a schedule switched on at deploy would fire and fail every night
             assert not any(s.get("active", True) for s in deployment["schedules"])
             assert {s["timezone"] for s in deployment["schedules"]} == {PureSoundSettings.model_fields["timezone"].default}
+        elif deployment["name"] == PART:
+            assert flow.name.startswith("part-") and "schedules" not in deployment
         else:
             assert flow.name in BUILTIN_PRESETS
     names = {(import_object(d["entrypoint"]).name, d["name"]) for d in deployments}
     for preset in BUILTIN_PRESETS:
-        assert {(f"ingest-{preset}", NIGHTLY), (preset, ON_UPLOAD), (preset, MANUAL)} <= names
+        assert {(f"ingest-{preset}", NIGHTLY), (preset, ON_UPLOAD), (preset, MANUAL), (f"part-{preset}", PART)} <= names
 
 
 def test_served_deployments_have_form_parameters_and_a_cron_with_timezone():
     settings = PureSoundSettings(timezone="Europe/Berlin", nightly_source_root="s3://incoming")
     built = build_deployments(BUILTIN_PRESETS, settings)
-    assert len(built) == 3 * len(BUILTIN_PRESETS)
+    assert len(built) == 4 * len(BUILTIN_PRESETS)
     nightly = [d for d in built if d.name == NIGHTLY]
     assert all(d.schedules[0].schedule.timezone == "Europe/Berlin" for d in nightly)
     assert nightly[0].parameters["source"] == "s3://incoming/podcast"

@@ -1,0 +1,183 @@
+"""Every preset's deployments, described once: ``puresound serve`` builds them, ``prefect.yaml`` is generated from them.
+
+Per preset ``P``:
+
+* ``ingest-P/nightly``: the ingestion flow on a cron schedule with a timezone; parameter
+  ``source`` is the prefix to list (``{source_root}/P``);
+* ``P/on-upload``: started by the S3 bridge, once per uploaded object;
+* ``P/manual``: started from the UI; its ``request`` parameter is a pydantic model, so the
+  UI shows a form (sources, output folder / prefix);
+* ``part-P/part``: some files of a fanned-out batch (:mod:`flows.fanout`), started only by
+  its batch run.
+
+``prefect.yaml`` is :func:`prefect_yaml` of the built-in presets (``puresound deployments
+--prefect-yaml > prefect.yaml``); a test fails when the file and this module disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from flows.dynamic import PART_PREFIX, entry_name
+from flows.fanout import PART, part_flow_name
+from puresound_core.presets import Preset
+
+ON_UPLOAD = "on-upload"
+MANUAL = "manual"
+NIGHTLY = "nightly"
+
+#: Work pool of prefect.yaml's deployments.
+WORK_POOL = "puresound-process"
+
+
+class DeploymentSpec(BaseModel):
+    """One deployment of one preset.
+
+    Attributes
+    ----------
+    preset : str
+    flow_name : str
+        ``P``, ``ingest-P`` or ``part-P``.
+    name : str
+        ``nightly``, ``on-upload``, ``manual`` or ``part``.
+    entry : str
+        Attribute of :mod:`flows.dynamic` that rebuilds the flow.
+    description : str
+    tags : list of str
+    parameters : dict
+        Defaults shown in the UI.
+    cron : str or None
+        Nightly deployments only, in ``timezone``.
+    timezone : str or None
+    schedule_active : bool
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    preset: str
+    flow_name: str
+    name: str
+    entry: str
+    description: str
+    tags: list[str]
+    parameters: dict[str, Any]
+    cron: str | None = None
+    timezone: str | None = None
+    schedule_active: bool = True
+
+
+def deployment_specs(presets: dict[str, Preset], *, source_root: str, output_dir: str, cron: str, timezone: str,
+                     schedules_active: bool) -> list[DeploymentSpec]:
+    """The four deployments of every preset (see module docstring).
+
+    Parameters
+    ----------
+    presets : dict of str to Preset
+    source_root : str
+        Folder or ``s3://bucket/prefix``; nightly sources are ``{source_root}/{preset}``.
+    output_dir : str
+        Default output location.
+    cron, timezone : str
+        Nightly schedule.
+    schedules_active : bool
+        False until the sources are real: a placeholder source would fire and fail every night.
+
+    Returns
+    -------
+    list of DeploymentSpec
+    """
+    root = source_root.rstrip("/")
+    specs = []
+    for preset in presets.values():
+        tags = ["puresound", f"preset:{preset.name}"]
+        request = {"output_dir": output_dir}
+        specs += [
+            DeploymentSpec(
+                preset=preset.name, flow_name=f"ingest-{preset.name}", name=NIGHTLY,
+                entry=entry_name(preset.name, ingest=True), tags=[*tags, NIGHTLY],
+                description=f"Nightly ingestion of new sources for {preset.name} v{preset.version}: "
+                            f"{preset.summary()}",
+                parameters={"source": f"{root}/{preset.name}", "output_dir": output_dir},
+                cron=cron, timezone=timezone, schedule_active=schedules_active),
+            DeploymentSpec(
+                preset=preset.name, flow_name=preset.name, name=ON_UPLOAD, entry=entry_name(preset.name),
+                tags=[*tags, ON_UPLOAD],
+                description=f"{preset.name}: one uploaded object, started by the S3 bridge. {preset.summary()}",
+                parameters={"request": {"sources": [f"{root}/{preset.name}/example.wav"], **request}}),
+            DeploymentSpec(
+                preset=preset.name, flow_name=preset.name, name=MANUAL, entry=entry_name(preset.name),
+                tags=[*tags, MANUAL],
+                description=f"{preset.name}: run on chosen files, folders or S3 prefixes from the UI. "
+                            f"{preset.summary()}",
+                parameters={"request": {"sources": [f"{root}/{preset.name}"], **request}}),
+            DeploymentSpec(
+                preset=preset.name, flow_name=part_flow_name(preset.name), name=PART,
+                entry=PART_PREFIX + entry_name(preset.name), tags=[*tags, PART],
+                description=f"{preset.name}: some files of a fanned-out batch, started by its batch run "
+                            f"(one per worker share). {preset.summary()}",
+                parameters={"sources": [f"{root}/{preset.name}/example.wav"], "output_dir": output_dir,
+                            "parent_flow_run_id": ""}),
+        ]
+    return specs
+
+
+_HEADER = """\
+# GENERATED by `puresound deployments --prefect-yaml > prefect.yaml` from deployments/specs.py,
+# the one description of the deployments that `puresound serve` also builds; a test fails when
+# they disagree. Edit deployments/specs.py, not this file.
+#
+# Every built-in preset's four deployments for a process work pool:
+#
+#   puresound setup --heartbeat-s 30          # the process work pool + crash detection
+#   PURESOUND_HOME=$PWD prefect deploy --all
+#   PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 prefect worker start --pool puresound-process --limit 2
+#   puresound doctor
+#
+# Nightly schedules are off until the `source` parameters name your real prefixes (the
+# placeholders below would fire and fail every night): `prefect deployment schedule resume ...`.
+# Entry points are flows/dynamic.py attributes, which rebuild each preset's flow by name.
+"""
+
+#: Placeholders of prefect.yaml (real values come from the UI, `prefect deploy` edits or the schedule).
+YAML_SOURCE_ROOT = "s3://incoming"
+YAML_OUTPUT_DIR = "s3://published/"
+
+
+def prefect_yaml(presets: dict[str, Preset], *, cron: str, timezone: str) -> str:
+    """The ``prefect.yaml`` of these presets' deployments (schedules off, placeholder locations).
+
+    Parameters
+    ----------
+    presets : dict of str to Preset
+    cron, timezone : str
+
+    Returns
+    -------
+    str
+        YAML text, header comment included.
+    """
+    deployments = []
+    for spec in deployment_specs(presets, source_root=YAML_SOURCE_ROOT, output_dir=YAML_OUTPUT_DIR, cron=cron,
+                                 timezone=timezone, schedules_active=False):
+        entry = {"name": spec.name, "entrypoint": f"flows/dynamic.py:{spec.entry}", "description": spec.description,
+                 "tags": spec.tags, "parameters": spec.parameters,
+                 "work_pool": {"name": WORK_POOL, "work_queue_name": "default"}}
+        if spec.cron:
+            entry["schedules"] = [{"cron": spec.cron, "timezone": spec.timezone, "active": spec.schedule_active}]
+        deployments.append(entry)
+    project = {"name": "puresound", "prefect-version": "3.8.8",
+               "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $PURESOUND_HOME }}"}}],
+               "deployments": deployments}
+    return _HEADER + yaml.safe_dump(project, sort_keys=False, width=120, allow_unicode=True)
+
+
+def yaml_of_builtin_presets() -> str:
+    """``prefect.yaml`` as committed: the built-in presets, the default nightly cron and timezone."""
+    from puresound.settings import PureSoundSettings
+    from puresound_core.presets import BUILTIN_PRESETS
+
+    fields = PureSoundSettings.model_fields
+    return prefect_yaml(BUILTIN_PRESETS, cron=fields["nightly_cron"].default, timezone=fields["timezone"].default)

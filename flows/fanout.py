@@ -1,0 +1,210 @@
+"""Fan-out: a large batch split into child flow runs on the work pool, so every worker on every machine takes a share.
+
+A run started from a deployment (nightly ingestion, the UI, the S3 bridge) with at least
+``PURESOUND_FANOUT_MIN_FILES`` files submits its files, ``PURESOUND_FANOUT_FILES_PER_RUN`` at a
+time, as flow runs of the preset's ``part-{preset}/part`` deployment (``run_deployment``, as
+subflows of the batch). Any worker polling the pool takes them; the batch run waits, then
+aggregates the children's reports (each child writes ``{preset}/runs/{child id}.json`` to the
+output location, which every machine reaches) into one batch report.
+
+Idempotency: each child has the key ``{batch run id}:{preset fingerprint}:{digest of its
+sources}``, so a retried batch run finds the children it already submitted instead of
+submitting them twice. A child that dies before writing its report (``Crashed``: Prefect's
+zombie automation marks a run whose heartbeats stop, see :func:`flows.recovery.zombie_automation`;
+or ``Failed`` because its worker died under it) is rescheduled up to
+``PURESOUND_FANOUT_CRASH_RETRIES`` times; its renditions are deterministic and published
+atomically, so finished ones are not written or recorded twice. A stop of the batch run
+(SIGTERM) cancels the children not yet finished.
+
+With one worker whose ``--limit`` is 1, the batch run holds the only slot and its children
+never start: start workers with ``--limit 2`` or more (``puresound doctor`` warns).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import StateType
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import deployment, flow_run
+from prefect.states import Cancelling, Scheduled
+
+from flows.models import BatchReport, SourceOutcome, SourceRef
+from puresound_core.cancel import stop_requested
+from puresound_core.presets import Preset
+
+#: Deployment name of every preset's part flow (``part-{preset}/part``).
+PART = "part"
+#: Seconds between two looks at the children's states.
+POLL_S = 2.0
+
+
+def part_flow_name(preset_name: str) -> str:
+    """Flow name of a preset's part flow (the child of a fanned-out batch)."""
+    return f"part-{preset_name}"
+
+
+def part_deployment(preset_name: str) -> str:
+    """``flow/deployment`` name of a preset's part deployment."""
+    return f"{part_flow_name(preset_name)}/{PART}"
+
+
+def chunks(refs: list[SourceRef], files_per_run: int) -> list[list[SourceRef]]:
+    """Split a batch in order into runs of ``files_per_run`` files (the last may be shorter).
+
+    Parameters
+    ----------
+    refs : list of SourceRef
+    files_per_run : int
+        At least 1.
+
+    Returns
+    -------
+    list of list of SourceRef
+    """
+    if files_per_run < 1:
+        raise ValueError(f"files_per_run must be at least 1, got {files_per_run}")
+    return [refs[i:i + files_per_run] for i in range(0, len(refs), files_per_run)]
+
+
+def idempotency_key(parent_flow_run_id: str, preset: Preset, refs: list[SourceRef]) -> str:
+    """Key of one child run: the same batch run submitting the same sources gets the same child.
+
+    Parameters
+    ----------
+    parent_flow_run_id : str
+    preset : Preset
+    refs : list of SourceRef
+
+    Returns
+    -------
+    str
+    """
+    digest = hashlib.sha256("\n".join(r.uri for r in refs).encode()).hexdigest()[:20]
+    return f"{parent_flow_run_id}:{preset.fingerprint}:{digest}"
+
+
+def fan_out_wanted(settings, files: int) -> bool:
+    """Whether this run fans out: ``fanout=auto``, started from a deployment, enough files.
+
+    Parameters
+    ----------
+    settings : PureSoundSettings
+    files : int
+        Files to process (after the nightly skip).
+
+    Returns
+    -------
+    bool
+    """
+    return settings.fanout == "auto" and deployment.id is not None and files >= settings.fanout_min_files
+
+
+@dataclass
+class _Child:
+    refs: list[SourceRef]
+    flow_run_id: UUID
+    reschedules: int = 0
+    outcomes: dict[str, SourceOutcome] = field(default_factory=dict)
+
+
+def part_deployment_exists(preset: Preset) -> bool:
+    """True when the server has the preset's part deployment (registered by ``prefect deploy`` / ``serve``)."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(part_deployment(preset.name))
+        except ObjectNotFound:
+            return False
+    return True
+
+
+def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_run: int, crash_retries: int,
+              read_report: Callable[[str], bytes | None],
+              on_done: Callable[[SourceRef, SourceOutcome], None] | None = None,
+              poll_s: float = POLL_S) -> dict[str, SourceOutcome]:
+    """Submit the batch's files as child runs of the part deployment and wait for all of them.
+
+    Parameters
+    ----------
+    preset : Preset
+    refs : list of SourceRef
+    output : str
+        Output location passed to every child (a shared folder or ``s3://``).
+    files_per_run : int
+    crash_retries : int
+        Reschedules of a child that ends ``Crashed``.
+    read_report : callable
+        ``fn(key) -> bytes | None`` on the output storage (reads ``{preset}/runs/{id}.json``).
+    on_done : callable, optional
+        ``fn(ref, outcome)`` as each file's outcome is known.
+    poll_s : float
+        Seconds between looks at the children's states.
+
+    Returns
+    -------
+    dict of str to SourceOutcome
+        Every source's outcome by URI. A child that ended without a report (crashed beyond its
+        retries, cancelled) gives its sources a ``failed`` outcome naming the child run.
+    """
+    logger = get_run_logger()
+    parent = str(flow_run.id)
+    children: dict[UUID, _Child] = {}
+    for part in chunks(refs, files_per_run):
+        run = run_deployment(part_deployment(preset.name), timeout=0, as_subflow=True,
+                             idempotency_key=idempotency_key(parent, preset, part),
+                             parameters={"sources": [r.uri for r in part], "output_dir": output,
+                                         "parent_flow_run_id": parent},
+                             tags=["puresound", f"preset:{preset.name}", f"batch:{parent}"])
+        children[run.id] = _Child(refs=part, flow_run_id=run.id)
+    logger.info("%d files in %d child runs of %s", len(refs), len(children), part_deployment(preset.name))
+    outcomes: dict[str, SourceOutcome] = {}
+    pending = dict(children)
+    pause = threading.Event()
+    with get_client(sync_client=True) as client:
+        while pending:
+            if stop_requested():
+                for child in pending.values():
+                    client.set_flow_run_state(child.flow_run_id, Cancelling(message="the batch run was stopped"),
+                                              force=True)
+                    _finish(child, outcomes, on_done, "stopped: the batch run was stopped before this file ran")
+                break
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending))))
+            for run in runs:
+                child = pending[run.id]
+                if run.state is None or not run.state.is_final():
+                    continue
+                data = read_report(f"{preset.name}/runs/{run.id}.json")
+                report = BatchReport.model_validate_json(data) if data else None
+                died = run.state.type == StateType.CRASHED or (run.state.type == StateType.FAILED and report is None)
+                if died and child.reschedules < crash_retries:  # its process or worker died before it reported
+                    child.reschedules += 1
+                    logger.warning("child run %s ended %s without a report (%s); rescheduled (%d of %d)", run.name,
+                                   run.state.type.value, run.state.message, child.reschedules, crash_retries)
+                    client.set_flow_run_state(run.id, Scheduled(message="rescheduled by its batch run: it died"),
+                                              force=True)
+                    continue
+                if report is not None:
+                    child.outcomes = {o.path: o for o in report.sources}
+                reason = (f"failed: child run {run.name} ({run.id}) ended {run.state.type.value}"
+                          f"{': ' + run.state.message if run.state.message else ''} without reporting this file")
+                _finish(child, outcomes, on_done, reason)
+                del pending[run.id]
+            if pending:
+                pause.wait(poll_s)
+    return outcomes
+
+
+def _finish(child: _Child, outcomes: dict[str, SourceOutcome], on_done, reason: str) -> None:
+    for ref in child.refs:
+        outcome = child.outcomes.get(ref.display) or SourceOutcome(path=ref.display, verdict="failed", reason=reason)
+        outcomes[ref.uri] = outcome
+        if on_done is not None:
+            on_done(ref, outcome)
