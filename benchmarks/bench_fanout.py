@@ -1,0 +1,195 @@
+"""One nightly ingest of 12 files on one worker, then on two: fan-out over a real work pool.
+
+Real components: a PostgreSQL server (Debian's ``postgresql`` package: ``apt-get install
+postgresql``; it holds both the Prefect server's database and the lineage), ``prefect server
+start`` on it, a process work pool, ``prefect worker start`` processes (``--limit 3``: the
+batch run holds one slot, two parts run beside it). Each run gets a fresh lineage database,
+output folder and work area. The batch is 12 two-minute pieces of the corpus' longest speech
+file (a balanced batch), each part run takes 2 files one at a time (``PURESOUND_WORKERS=1``).
+
+Prints: wall time of each run, files per worker, renditions verified by the pipeline, and
+lineage rows against renditions. Both workers are on this machine, so two workers share its
+cores: the table shows the fan-out's overhead and spread, not a second machine's speed-up.
+
+    .venv/bin/python benchmarks/bench_fanout.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_peers import speech_chunks  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    """Run a PostgreSQL binary as the ``postgres`` user when this is root (the server refuses root)."""
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+def start_postgres(folder: Path) -> tuple[str, subprocess.Popen]:
+    """Debian's PostgreSQL in ``folder`` on a Unix socket; returns the socket folder and the server."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    if not bins:
+        sys.exit("needs Debian's PostgreSQL (apt-get install postgresql): the Prefect server needs pg_trgm")
+    data, sock = folder / "data", folder / "sock"
+    for path in (data, sock):
+        path.mkdir(parents=True)
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        for path in (data, sock):
+            shutil.chown(path, "postgres")
+    subprocess.run(_as_postgres([str(bins[-1] / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
+                   check=True, capture_output=True)
+    server = subprocess.Popen(_as_postgres([str(bins[-1] / "postgres"), "-D", str(data), "-k", str(sock),
+                                            "-c", "listen_addresses=", "-c", "max_connections=200"]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait(lambda: (sock / ".s.PGSQL.5432").exists(), 60, "PostgreSQL")
+    return str(sock), server
+
+
+def psql(sock: str, sql: str) -> None:
+    subprocess.run(["psql", "-h", sock, "-U", "postgres", "-d", "postgres", "-qc", sql], check=True,
+                   capture_output=True)
+
+
+def _wait(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.5)
+    sys.exit(f"timed out waiting for {what}")
+
+
+def start_prefect(sock: str, home: Path) -> tuple[str, subprocess.Popen]:
+    import httpx
+
+    psql(sock, "CREATE DATABASE prefect")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@/prefect?host={sock}"}
+    server = subprocess.Popen([str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                               str(port), "--no-ui"], env=env, stdout=(home / "server.log").open("wb"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy():
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    _wait(healthy, 180, "the Prefect server")
+    return url, server
+
+
+def run_once(workers: int, files: Path, work: Path, sock: str, api: str, pool: str) -> dict:
+    """One nightly ingest of ``files`` with ``workers`` worker processes; returns the measurements."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from sqlalchemy import create_engine, text
+
+    database = f"lineage_{workers}"
+    psql(sock, f"DROP DATABASE IF EXISTS {database}")
+    psql(sock, f"CREATE DATABASE {database}")
+    lineage_url = f"postgresql+psycopg://postgres@/{database}?host={sock}"
+    out, state = work / f"out-{workers}", work / f"state-{workers}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PURESOUND_")}
+    env.update(PREFECT_API_URL=api, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
+               PREFECT_LOCAL_STORAGE_PATH=str(state / "prefect-results"), PURESOUND_DATABASE_URL=lineage_url,
+               PURESOUND_STATE_DIR=str(state), PURESOUND_WORKERS="1", PURESOUND_TASK_RUNNER="thread")
+    procs = [subprocess.Popen([str(VENV_BIN / "prefect"), "worker", "start", "--pool", pool, "--limit", "3",
+                               "--name", f"worker-{i}"], env=env, stdout=(work / f"worker-{workers}-{i}.log").open("wb"),
+                              stderr=subprocess.STDOUT, start_new_session=True) for i in range(workers)]
+    try:
+        with get_client(sync_client=True) as client:
+            _wait(lambda: sum(w.status.value == "ONLINE" for w in client.read_workers_for_work_pool(pool)) >= workers,
+                  120, "the workers")
+        started = time.perf_counter()
+        batch = run_deployment("ingest-podcast/nightly", timeout=3600, poll_interval=1,
+                               parameters={"source": str(files), "output_dir": str(out)})
+        seconds = time.perf_counter() - started
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, 15)
+        for proc in procs:
+            proc.wait(timeout=60)
+    report = json.loads((out / "podcast" / "runs" / f"{batch.id}.json").read_text())
+    renditions = [r for s in report["sources"] for r in s["renditions"]]
+    engine = create_engine(lineage_url)
+    with engine.connect() as connection:
+        runs = connection.execute(text("SELECT id, flow_run_id, worker FROM runs")).all()
+        rows = connection.execute(text("SELECT run_id FROM renditions")).all()
+    engine.dispose()
+    worker_of_run = {r.id: r.worker.split("@")[0] for r in runs}
+    files_per_worker = Counter(worker_of_run[r.run_id] for r in rows)
+    return {"workers": workers, "state": batch.state.type.value, "seconds": seconds,
+            "published": report["counts"]["published"], "files": len(report["sources"]),
+            "verified": sum(r["verified"] for r in renditions), "renditions": len(renditions),
+            "lineage_rows": len(rows), "distinct_uris": len({r["uri"] for r in renditions}),
+            "per_worker": {w: n // 2 for w, n in sorted(files_per_worker.items())}}
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    os.chmod(work, 0o755)
+    sock, postgres = start_postgres(work / "pg")
+    prefect_server = None
+    try:
+        api, prefect_server = start_prefect(sock, work)
+        os.environ["PREFECT_API_URL"] = api
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import WorkPoolCreate
+
+        from deployments.serve import build_deployments
+        from puresound.settings import PureSoundSettings
+        from puresound_core.presets import BUILTIN_PRESETS
+
+        files = work / "incoming" / "podcast"
+        speech_chunks(files, count=12, seconds=120)
+        pool = "bench-fanout"
+        with get_client(sync_client=True) as client:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        for deployment in build_deployments({"podcast": BUILTIN_PRESETS["podcast"]},
+                                            PureSoundSettings(output_dir=str(work / "out"))):
+            deployment.apply(work_pool_name=pool)
+        results = [run_once(n, files, work, sock, api, pool) for n in (1, 2)]
+    finally:
+        if prefect_server is not None:
+            os.killpg(prefect_server.pid, 15)
+            prefect_server.wait(timeout=60)
+        postgres.terminate()
+        postgres.wait(timeout=60)
+    print(f"\n12 files, {12 * 2} min of speech, podcast preset; Prefect server and lineage on PostgreSQL\n")
+    print("| workers | state | seconds | files published | renditions verified | lineage rows / renditions "
+          "| files per worker |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r['workers']} | {r['state']} | {r['seconds']:.1f} | {r['published']} / {r['files']} | "
+              f"{r['verified']} / {r['renditions']} | {r['lineage_rows']} / {r['distinct_uris']} | "
+              f"{', '.join(f'{w}: {n}' for w, n in r['per_worker'].items())} |")
+    print(f"\n2 workers / 1 worker wall time: {results[1]['seconds'] / results[0]['seconds']:.2f}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
