@@ -53,6 +53,41 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), 2)
 
 
+def _object_state(uri: str, sha256: str) -> str:
+    """Whether a published rendition is still at its URI with its SHA-256: present, missing, changed or unknown.
+
+    Local files are hashed; S3 objects are compared by the ``sha256`` metadata written at upload.
+    """
+    from puresound_core.storage import sha256_file
+
+    try:
+        if uri.startswith("file://"):
+            from flows.models import SourceRef
+
+            local = Path(SourceRef(uri=uri).local_path)
+            if not local.is_file():
+                return "missing"
+            return "present" if sha256_file(local) == sha256 else "changed"
+        if uri.startswith("s3://"):
+            from botocore.exceptions import ClientError
+
+            from puresound.settings import s3_client
+            from puresound_core.storage.s3 import parse_s3_uri
+
+            bucket, key = parse_s3_uri(uri)
+            try:
+                head = s3_client(_settings()).head_object(Bucket=bucket, Key=key)
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return "missing"
+                raise
+            stored = head.get("Metadata", {}).get("sha256")
+            return "unknown" if stored is None else ("present" if stored == sha256 else "changed")
+    except Exception:  # noqa: BLE001 - an unreachable store is reported as such, never as present
+        return "unknown"
+    return "unknown"
+
+
 def _analyze_one(path: Path) -> dict:
     from puresound_core.isolation import inspect_isolated
 
@@ -264,13 +299,15 @@ def presets(name: Annotated[str | None, typer.Argument(help="Show one preset in 
 @app.command()
 def lineage(query: Annotated[str, typer.Argument(help="A file path, a file:// or s3:// URI, or a SHA-256.")],
             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show where a source went, or where a rendition came from."""
+    """Show where a source went, or where a rendition came from; check each published object is still there."""
     from puresound_core.lineage import LineageStore
     from puresound_core.storage import sha256_file
 
     store = LineageStore(_settings().lineage_url)
     path = Path(query)
     chain = store.chain(sha256_file(path)) if path.is_file() else store.chain(query)
+    for r in chain.renditions:
+        r["object"] = _object_state(r["uri"], r["sha256"]) if r["verdict"] == "published" else None
     if as_json:
         typer.echo(chain.model_dump_json(indent=2))
         return
@@ -278,14 +315,18 @@ def lineage(query: Annotated[str, typer.Argument(help="A file path, a file:// or
         console.print(f"no lineage for {query}")
         raise typer.Exit(1)
     source = chain.source
-    console.print(f"[bold]source[/bold] sha256 {source['sha256']}  ({source['size_bytes']} bytes)")
-    for location in source["locations"]:
-        console.print(f"  seen at {location}")
+    if source is not None:
+        console.print(f"[bold]source[/bold] sha256 {source['sha256']}  ({source['size_bytes']} bytes)")
+        for location in source["locations"]:
+            console.print(f"  seen at {location}", markup=False, highlight=False, soft_wrap=True)
     for r in chain.renditions:
         marker = "  <- this file" if r["matched"] else ""
+        verdict = r["verdict"] if r["object"] in (None, "present") else f"{r['verdict']}, object {r['object']}"
+        r = {**r, "verdict": verdict}
         console.print(f"  -> [{r['verdict']}] {r['preset']} v{r['preset_version']} {r['rendition']}: {r['uri']} "
                       f"({_finite(r['integrated_lufs'])} LUFS, {_finite(r['true_peak_dbtp'])} dBTP; run "
-                      f"{r['flow_run_id']}, FFmpeg {r['ffmpeg_version']}){marker}")
+                      f"{r['flow_run_id']}, FFmpeg {r['ffmpeg_version']}){marker}", markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()

@@ -1,8 +1,8 @@
 """Fan-out on the work pool: a nightly ingest split into child runs that two real workers share.
 
 Real components: the session's Prefect server, two ``prefect worker start`` processes on one
-process work pool (each with its own work area, as two machines would have), lineage on a
-real PostgreSQL server, the output folder shared by both.
+process work pool, lineage on a real PostgreSQL server; the output folder, work area and
+Prefect result storage are one shared folder, as two machines mounting it would have.
 """
 
 from __future__ import annotations

@@ -128,6 +128,14 @@ def test_lineage_from_rendition_back_to_source_and_forward(puresound_env):
     source_uri = (EXAMPLES / "en-US_espeak-ng_news-bulletin.flac").resolve().as_uri()
     event = _wait_for_materialization(rendition.resolve().as_uri())
     assert source_uri in [r.id for r in event.related]
+    # Lineage never calls a rendition published where its object is gone or holds other bytes.
+    assert forward["renditions"][0]["object"] == "present"
+    rendition.write_bytes(rendition.read_bytes() + b"\0")
+    changed = json.loads(runner.invoke(app, ["lineage", "--json", str(EXAMPLES / "en-US_espeak-ng_news-bulletin.flac")]).output)
+    assert changed["renditions"][0]["object"] == "changed"
+    rendition.unlink()
+    shown = runner.invoke(app, ["lineage", str(EXAMPLES / "en-US_espeak-ng_news-bulletin.flac")]).output
+    assert "published, object missing" in shown
 
 
 def _wait_for_materialization(asset_uri: str, timeout_s: float = 30.0):
