@@ -17,13 +17,16 @@ atomically, so finished ones are not written or recorded twice. A stop of the ba
 (SIGTERM) cancels the children not yet finished.
 
 With one worker whose ``--limit`` is 1, the batch run holds the only slot and its children
-never start: start workers with ``--limit 2`` or more (``puresound doctor`` warns).
+never start: after ``PURESOUND_FANOUT_START_TIMEOUT_S`` with no child taken, the batch
+cancels them and processes the files itself. Start workers with ``--limit 2`` or more
+(``puresound doctor`` warns).
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -35,7 +38,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment, flow_run
-from prefect.states import Cancelling, Scheduled
+from prefect.states import Cancelled, Cancelling, Scheduled
 
 from flows.models import BatchReport, SourceOutcome, SourceRef
 from puresound_core.cancel import stop_requested
@@ -127,9 +130,9 @@ def part_deployment_exists(preset: Preset) -> bool:
 
 
 def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_run: int, crash_retries: int,
-              read_report: Callable[[str], bytes | None],
+              read_report: Callable[[str], bytes | None], start_timeout_s: float = 600.0,
               on_done: Callable[[SourceRef, SourceOutcome], None] | None = None,
-              poll_s: float = POLL_S) -> dict[str, SourceOutcome]:
+              poll_s: float = POLL_S) -> tuple[dict[str, SourceOutcome], list[SourceRef]]:
     """Submit the batch's files as child runs of the part deployment and wait for all of them.
 
     Parameters
@@ -143,6 +146,10 @@ def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_r
         Reschedules of a child that ends ``Crashed``.
     read_report : callable
         ``fn(key) -> bytes | None`` on the output storage (reads ``{preset}/runs/{id}.json``).
+    start_timeout_s : float
+        When no child has been taken by a worker this long after submission (no free slot: one
+        worker with ``--limit 1`` is busy with this very run), the children are cancelled and
+        their files handed back to the caller to process itself.
     on_done : callable, optional
         ``fn(ref, outcome)`` as each file's outcome is known.
     poll_s : float
@@ -150,9 +157,11 @@ def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_r
 
     Returns
     -------
-    dict of str to SourceOutcome
-        Every source's outcome by URI. A child that ended without a report (crashed beyond its
-        retries, cancelled) gives its sources a ``failed`` outcome naming the child run.
+    outcomes : dict of str to SourceOutcome
+        Outcomes by URI. A child that ended without a report (died beyond its retries,
+        cancelled) gives its sources a ``failed`` outcome naming the child run.
+    handed_back : list of SourceRef
+        Files of children no worker took within ``start_timeout_s`` (cancelled): the caller's.
     """
     logger = get_run_logger()
     parent = str(flow_run.id)
@@ -166,8 +175,11 @@ def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_r
         children[run.id] = _Child(refs=part, flow_run_id=run.id)
     logger.info("%d files in %d child runs of %s", len(refs), len(children), part_deployment(preset.name))
     outcomes: dict[str, SourceOutcome] = {}
+    handed_back: list[SourceRef] = []
     pending = dict(children)
     pause = threading.Event()
+    start_deadline = time.monotonic() + start_timeout_s
+    taken = False  # has any worker taken any child?
     with get_client(sync_client=True) as client:
         while pending:
             if stop_requested():
@@ -176,7 +188,18 @@ def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_r
                                               force=True)
                     _finish(child, outcomes, on_done, "stopped: the batch run was stopped before this file ran")
                 break
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending))))
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending))),
+                                         limit=len(pending))
+            taken = taken or any(r.run_count > 0 or (r.state is not None and r.state.type != StateType.SCHEDULED)
+                                 for r in runs)
+            if not taken and time.monotonic() > start_deadline:
+                logger.warning("no worker took any of %d child runs in %g s (no free slot?): this run processes "
+                               "their files itself", len(pending), start_timeout_s)
+                for child in pending.values():
+                    client.set_flow_run_state(child.flow_run_id, Cancelled(
+                        message="no worker took it: its batch run processes these files"), force=True)
+                    handed_back.extend(child.refs)
+                break
             for run in runs:
                 child = pending[run.id]
                 if run.state is None or not run.state.is_final():
@@ -199,7 +222,7 @@ def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_r
                 del pending[run.id]
             if pending:
                 pause.wait(poll_s)
-    return outcomes
+    return outcomes, handed_back
 
 
 def _finish(child: _Child, outcomes: dict[str, SourceOutcome], on_done, reason: str) -> None:

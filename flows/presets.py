@@ -178,18 +178,24 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
     try:
         with _StopOnSigterm():
             progress_id = create_progress_artifact(progress=0.0, description=f"{preset.name}: 0 of {len(refs)} files")
+            here = refs
             if part_of is None and fan_out_wanted(settings, len(refs)) and part_deployment_exists(preset):
-                outcomes.update(run_parts(
+                parted, here = run_parts(
                     preset, refs, output, files_per_run=settings.fanout_files_per_run,
                     crash_retries=settings.fanout_crash_retries, read_report=shared.storage(output).get_bytes,
-                    on_done=_Progress(preset, len(refs), on_progress, progress_id)))
-            else:
-                runner = batch_task_runner(settings.task_runner, workers or settings.workers, len(refs))
+                    start_timeout_s=settings.fanout_start_timeout_s,
+                    on_done=_Progress(preset, len(refs), on_progress, progress_id))
+                outcomes.update(parted)
+            if here and not stop_requested():
+                runner = batch_task_runner(settings.task_runner, workers or settings.workers, len(here))
                 with worker_environment(runner), runner:
                     futures = {runner.submit(process_source, {"source": ref, "preset": preset, "output_dir": output,
                                                               "work_dir": work_dir, "database_url": database_url,
-                                                              "run_id": run_id}): ref for ref in refs}
+                                                              "run_id": run_id}): ref for ref in here}
                     outcomes.update(_collect(futures, preset, on_progress, progress_id))
+            for ref in here:  # handed back by the fan-out, then a stop came before they could run
+                outcomes.setdefault(ref.uri, SourceOutcome(path=ref.display, verdict="failed",
+                                                           reason=f"stopped: {stop_reason() or 'stop requested'}"))
         stopped = "SIGTERM: files not finished were abandoned" if stop_requested() else None
         ordered = [outcomes[r.uri] for r in refs]
         counts = {v: sum(o.verdict == v for o in ordered) for v in ("published", "rejected", "failed")}

@@ -172,3 +172,46 @@ def test_a_nightly_ingest_fans_out_to_two_workers_and_survives_one_killed(tmp_pa
     leftovers = [p for p in [*out.rglob(".*"), *shared.rglob(".*")] if p.is_file()
                  and (p.name.endswith(".part") or ".attempt" in p.name)]
     assert leftovers == []
+
+
+@pytest.mark.slow
+def test_a_batch_no_worker_can_take_parts_of_runs_them_itself(tmp_path, prefect_server):
+    """One worker with ``--limit 1`` is busy with the batch run itself: its parts would wait forever."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    from deployments.serve import build_deployments
+    from puresound.settings import PureSoundSettings
+
+    incoming, out = tmp_path / "incoming", tmp_path / "published"
+    (incoming / "voice").mkdir(parents=True)
+    for n in range(4):
+        write_wav(incoming / "voice" / f"take-{n}.wav", pink_noise(2.0, 48000, level_dbfs=-28.0 + n, seed=n), 48000)
+    pool = f"puresound-test-{uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    for deployment in build_deployments({"voice": BUILTIN_PRESETS["voice"]}, PureSoundSettings(output_dir=str(out))):
+        deployment.apply(work_pool_name=pool)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PURESOUND_")}
+    env.update(PREFECT_API_URL=PREFECT_API_URL.value(), PREFECT_WORKER_QUERY_SECONDS="1",
+               PURESOUND_STATE_DIR=str(tmp_path / "state"), PURESOUND_TASK_RUNNER="thread",
+               PURESOUND_FANOUT_MIN_FILES="4", PURESOUND_FANOUT_FILES_PER_RUN="2",
+               PURESOUND_FANOUT_START_TIMEOUT_S="8")
+    prefect = Path(sys.executable).with_name("prefect")
+    worker = subprocess.Popen([str(prefect), "worker", "start", "--pool", pool, "--limit", "1"], env=env,
+                              stdout=(tmp_path / "worker.log").open("wb"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        batch = run_deployment("ingest-voice/nightly", timeout=300, poll_interval=1,
+                               parameters={"source": str(incoming / "voice"), "output_dir": str(out)})
+    finally:
+        _stop(worker)
+    assert batch.state.is_completed(), f"{batch.state}\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
+    report = json.loads((out / "voice" / "report.json").read_text())
+    assert report["counts"]["published"] == 4
+    with get_client(sync_client=True) as client:
+        parts = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"batch:{batch.id}"])))
+    assert len(parts) == 2 and all(p.state.is_cancelled() for p in parts)
