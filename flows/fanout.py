@@ -143,7 +143,7 @@ def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_r
         Output location passed to every child (a shared folder or ``s3://``).
     files_per_run : int
     crash_retries : int
-        Reschedules of a child that ends ``Crashed``.
+        Reschedules of a child that ends ``Crashed`` or ``Failed`` without having written its report.
     read_report : callable
         ``fn(key) -> bytes | None`` on the output storage (reads ``{preset}/runs/{id}.json``).
     start_timeout_s : float
@@ -206,7 +206,9 @@ def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_r
                     continue
                 data = read_report(f"{preset.name}/runs/{run.id}.json")
                 report = BatchReport.model_validate_json(data) if data else None
-                died = run.state.type == StateType.CRASHED or (run.state.type == StateType.FAILED and report is None)
+                # Died before reporting: Crashed (zombie automation), or Failed under a worker that died.
+                # A run that wrote its report before dying has its outcomes: they are used as they are.
+                died = report is None and run.state.type in (StateType.CRASHED, StateType.FAILED)
                 if died and child.reschedules < crash_retries:  # its process or worker died before it reported
                     child.reschedules += 1
                     logger.warning("child run %s ended %s without a report (%s); rescheduled (%d of %d)", run.name,
