@@ -116,6 +116,8 @@ class _Child:
     refs: list[SourceRef]
     flow_run_id: UUID
     reschedules: int = 0
+    pending_state: UUID | None = None  # the Pending state being timed, and since when (monotonic)
+    pending_since: float = 0.0
     outcomes: dict[str, SourceOutcome] = field(default_factory=dict)
 
 
@@ -131,6 +133,7 @@ def part_deployment_exists(preset: Preset) -> bool:
 
 def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_run: int, crash_retries: int,
               read_report: Callable[[str], bytes | None], start_timeout_s: float = 600.0,
+              pending_timeout_s: float = 180.0,
               on_done: Callable[[SourceRef, SourceOutcome], None] | None = None,
               poll_s: float = POLL_S) -> tuple[dict[str, SourceOutcome], list[SourceRef]]:
     """Submit the batch's files as child runs of the part deployment and wait for all of them.
@@ -150,6 +153,9 @@ def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_r
         When no child has been taken by a worker this long after submission (no free slot: one
         worker with ``--limit 1`` is busy with this very run), the children are cancelled and
         their files handed back to the caller to process itself.
+    pending_timeout_s : float
+        A child ``Pending`` this long (claimed by a worker that died before starting it) is
+        rescheduled, within ``crash_retries``.
     on_done : callable, optional
         ``fn(ref, outcome)`` as each file's outcome is known.
     poll_s : float
@@ -202,6 +208,24 @@ def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_r
                 break
             for run in runs:
                 child = pending[run.id]
+                if run.state is not None and run.state.type == StateType.PENDING:
+                    # Claimed by a worker that died before starting it: no heartbeat ever, so no zombie
+                    # automation; it would stay Pending forever.
+                    if child.pending_state != run.state.id:
+                        child.pending_state, child.pending_since = run.state.id, time.monotonic()
+                    elif time.monotonic() - child.pending_since > pending_timeout_s:
+                        if child.reschedules < crash_retries:
+                            child.reschedules += 1
+                            logger.warning("child run %s Pending for over %g s (its worker died?); rescheduled",
+                                           run.name, pending_timeout_s)
+                            client.set_flow_run_state(run.id, Scheduled(message="rescheduled by its batch run: "
+                                                                                "stuck Pending"), force=True)
+                        else:
+                            client.set_flow_run_state(run.id, Cancelled(message="stuck Pending"), force=True)
+                            _finish(child, outcomes, on_done, f"failed: child run {run.name} ({run.id}) stayed "
+                                                              f"Pending past its retries")
+                            del pending[run.id]
+                    continue
                 if run.state is None or not run.state.is_final():
                     continue
                 data = read_report(f"{preset.name}/runs/{run.id}.json")

@@ -184,6 +184,7 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
                     preset, refs, output, files_per_run=settings.fanout_files_per_run,
                     crash_retries=settings.fanout_crash_retries, read_report=shared.storage(output).get_bytes,
                     start_timeout_s=settings.fanout_start_timeout_s,
+                    pending_timeout_s=settings.fanout_pending_timeout_s,
                     on_done=_Progress(preset, len(refs), on_progress, progress_id))
                 outcomes.update(parted)
             if here and not stop_requested():

@@ -40,6 +40,9 @@ class PureSoundSettings(BaseSettings):
         See ``fanout``.
     fanout_crash_retries : int
         Times a crashed child run (its worker or process died) is rescheduled.
+    fanout_pending_timeout_s : float
+        A child run ``Pending`` this long (claimed by a worker that died before starting it)
+        is rescheduled, within ``fanout_crash_retries``.
     fanout_start_timeout_s : float
         When no worker has taken any child run this long (no free slot), the batch run
         cancels them and processes their files itself.
@@ -79,6 +82,8 @@ class PureSoundSettings(BaseSettings):
     fanout_min_files: int = Field(default=4, ge=2, description="Fewest files a run fans out")
     fanout_files_per_run: int = Field(default=2, ge=1, le=1000, description="Files per child run")
     fanout_crash_retries: int = Field(default=1, ge=0, le=10, description="Reschedules of a crashed child run")
+    fanout_pending_timeout_s: float = Field(default=180.0, gt=0, description="A child run Pending this long "
+                                                                             "(its worker died) is rescheduled")
     fanout_start_timeout_s: float = Field(default=600.0, gt=0, description="With no child run taken by a worker "
                                                                            "this long, the batch runs the files")
     server_startup_timeout_s: float = Field(default=180.0, gt=0, le=3600,

@@ -119,7 +119,8 @@ def test_a_nightly_ingest_fans_out_to_two_workers_and_survives_one_killed(tmp_pa
     env.update(PREFECT_API_URL=PREFECT_API_URL.value(), PREFECT_WORKER_QUERY_SECONDS="1",
                PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30", PREFECT_LOCAL_STORAGE_PATH=str(shared / "prefect-results"),
                PURESOUND_DATABASE_URL=postgres_url, PURESOUND_STATE_DIR=str(shared), PURESOUND_TASK_RUNNER="thread",
-               PURESOUND_WORKERS="1", PURESOUND_FANOUT_MIN_FILES="4", PURESOUND_FANOUT_FILES_PER_RUN="2")
+               PURESOUND_WORKERS="1", PURESOUND_FANOUT_MIN_FILES="4", PURESOUND_FANOUT_FILES_PER_RUN="2",
+               PURESOUND_FANOUT_PENDING_TIMEOUT_S="30")
     workers = {f"worker-{i}": _start_worker(f"worker-{i}", pool, env, tmp_path / f"worker-{i}.log") for i in range(2)}
     store = LineageStore(postgres_url)
     parameters = {"source": str(incoming / "podcast"), "output_dir": str(out)}
