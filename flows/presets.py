@@ -188,7 +188,8 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
                     on_done=_Progress(preset, len(refs), on_progress, progress_id))
                 outcomes.update(parted)
             if here and not stop_requested():
-                runner = batch_task_runner(settings.task_runner, workers or settings.workers, len(here))
+                runner = batch_task_runner(settings.task_runner, workers or settings.workers, len(here),
+                                           dask_address=settings.dask_address)
                 with worker_environment(runner), runner:
                     futures = {runner.submit(process_source, {"source": ref, "preset": preset, "output_dir": output,
                                                               "work_dir": work_dir, "database_url": database_url,

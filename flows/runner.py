@@ -1,10 +1,14 @@
-"""How the files of a batch run: in worker processes (every core), or threads of the flow's process.
+"""How the files of a batch run: in worker processes (every core), threads, or on a Dask cluster.
 
 Prefect's :class:`~prefect.task_runners.ProcessPoolTaskRunner` keeps task states, caching,
 retries and logs; each worker process runs the whole per-file pipeline
 (:func:`flows.pipeline.process_source`), so pure-Python work no longer serialises on one
 GIL. ``PURESOUND_TASK_RUNNER=thread`` keeps everything in the flow's process (one file, or
 one worker, always does: starting a process costs ~2 s of imports).
+``PURESOUND_TASK_RUNNER=dask`` hands the files to ``prefect-dask``'s ``DaskTaskRunner``:
+a local cluster of worker processes, or the existing cluster at ``PURESOUND_DASK_ADDRESS``
+whose workers may be on other machines (they need this package, the same settings and the
+same shared output and work area).
 
 A stop (SIGTERM) reaches every worker through one shared event
 (:func:`puresound_core.cancel.share_stop`); a worker whose parent dies is stopped by the
@@ -26,6 +30,7 @@ from pathlib import Path
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from puresound_core.cancel import request_stop, share_stop
+from puresound_core.errors import PureSoundError
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -43,25 +48,46 @@ def init_worker(stop_event) -> None:  # pragma: no cover - runs in each worker p
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def batch_task_runner(kind: str, workers: int, files: int) -> TaskRunner:
+def batch_task_runner(kind: str, workers: int, files: int, dask_address: str | None = None) -> TaskRunner:
     """The task runner for a batch (worker processes share one stop event with this process).
 
     Parameters
     ----------
-    kind : {"process", "thread"}
+    kind : {"process", "thread", "dask"}
         ``PURESOUND_TASK_RUNNER``.
     workers : int
-        Files at once (``PURESOUND_WORKERS``, ``--workers``).
+        Files at once (``PURESOUND_WORKERS``, ``--workers``); for ``dask`` without an
+        address, the local cluster's worker processes.
     files : int
         Files in the batch: never more workers than files.
+    dask_address : str or None
+        ``PURESOUND_DASK_ADDRESS``: the scheduler of an existing Dask cluster (always used
+        when set, whatever the batch size).
 
     Returns
     -------
     TaskRunner
         Not started (use it as a context manager). For processes, a stop requested here
-        (:func:`puresound_core.cancel.request_stop`) reaches every worker.
+        (:func:`puresound_core.cancel.request_stop`) reaches every worker. Dask workers do
+        not see it: a stop abandons their files when the cluster closes, and the next run
+        sweeps what they left in the work area.
+
+    Raises
+    ------
+    PureSoundError
+        ``kind="dask"`` without ``prefect-dask`` installed.
     """
     workers = max(1, min(workers, files))
+    if kind == "dask" and (dask_address or workers > 1):
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as err:
+            raise PureSoundError("PURESOUND_TASK_RUNNER=dask needs prefect-dask: pip install 'puresound[dask]' "
+                                 f"({err})") from err
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
+            "n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None})
     if kind == "process" and workers > 1:
         event = multiprocessing.get_context("spawn").Event()
         share_stop(event)
@@ -75,26 +101,41 @@ def batch_task_runner(kind: str, workers: int, files: int) -> TaskRunner:
 WORKER_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
+#: Dask's setting for its workers: daemonic processes by default, and a daemonic process may
+#: not start the child that probes and decodes each source (:mod:`puresound_core.isolation`).
+#: A remote cluster's workers need it where they are started
+#: (``DASK_DISTRIBUTED__WORKER__DAEMON=False dask worker tcp://...``).
+DASK_WORKER_CONFIG = {"distributed.worker.daemon": False}
+
+
 @contextlib.contextmanager
 def worker_environment(runner: TaskRunner) -> Iterator[None]:
     """While a process pool starts its workers: one native-library thread each (unless the user set them).
 
     Worker processes inherit the environment when they are spawned; the parent's own
-    libraries are already initialised and unaffected.
+    libraries are already initialised and unaffected. A local Dask cluster's workers also
+    start with :data:`DASK_WORKER_CONFIG`.
 
     Parameters
     ----------
     runner : TaskRunner
         Nothing changes for a thread pool.
     """
-    if not isinstance(runner, ProcessPoolTaskRunner):
+    is_dask = type(runner).__name__ == "DaskTaskRunner"
+    if not (is_dask or isinstance(runner, ProcessPoolTaskRunner)):
         yield
         return
     added = [name for name in WORKER_THREAD_VARIABLES if name not in os.environ]
     for name in added:
         os.environ[name] = "1"
     try:
-        yield
+        if is_dask:
+            import dask
+
+            with dask.config.set(DASK_WORKER_CONFIG):
+                yield
+        else:
+            yield
     finally:
         for name in added:
             os.environ.pop(name, None)

@@ -184,8 +184,52 @@ def _s3(checks: list[Check], settings: PureSoundSettings) -> None:
                                                     f"{settings.s3_endpoint_url or 'AWS'}"))
 
 
+def _task_runner(checks: list[Check], settings: PureSoundSettings) -> None:
+    """Where a run's files go; for Dask, that prefect-dask is installed and the scheduler's workers can decode."""
+    kind = settings.task_runner
+    if kind != "dask":
+        where = "worker processes" if kind == "process" else "threads of the flow's process"
+        checks.append(Check("task runner", "ok", f"{kind}: {settings.workers} files at once in {where}"))
+        return
+    try:
+        import distributed
+        import prefect_dask  # noqa: F401 - only its presence is checked
+    except ImportError as err:
+        checks.append(Check("task runner", "fail", f"dask: prefect-dask is not installed ({err}): "
+                                                   "pip install 'puresound[dask]'"))
+        return
+    if not settings.dask_address:
+        checks.append(Check("task runner", "ok", f"dask: a local cluster of {settings.workers} worker processes "
+                                                 "per run (PURESOUND_DASK_ADDRESS unset)"))
+        return
+    try:
+        with distributed.Client(settings.dask_address, timeout=5, set_as_default=False) as client:
+            daemonic = client.run(_is_daemonic)
+    except (OSError, TimeoutError) as err:
+        checks.append(Check("task runner", "fail", f"dask: scheduler {settings.dask_address} does not answer: "
+                                                   f"{type(err).__name__}: {err}"))
+        return
+    bad = sorted(address for address, flag in daemonic.items() if flag)
+    if not daemonic:
+        checks.append(Check("task runner", "warn", f"dask: scheduler {settings.dask_address} has no workers: "
+                                                   "runs wait until one joins"))
+    elif bad:
+        checks.append(Check("task runner", "fail", f"dask: {len(bad)} of {len(daemonic)} workers are daemonic "
+                                                   f"({', '.join(bad)}) and cannot start the decode child: start "
+                                                   "them with DASK_DISTRIBUTED__WORKER__DAEMON=False"))
+    else:
+        checks.append(Check("task runner", "ok", f"dask: scheduler {settings.dask_address}, "
+                                                 f"{len(daemonic)} worker(s)"))
+
+
+def _is_daemonic() -> bool:  # pragma: no cover - runs on each Dask worker
+    import multiprocessing
+
+    return bool(multiprocessing.current_process().daemon)
+
+
 def run_checks(*, pool: str, settings: PureSoundSettings | None = None) -> list[Check]:
-    """Every check, in order: Prefect, work pool and workers, deployments, recovery, lineage, state, S3.
+    """Every check, in order: Prefect, work pool and workers, deployments, recovery, task runner, lineage, state, S3.
 
     Parameters
     ----------
@@ -204,6 +248,7 @@ def run_checks(*, pool: str, settings: PureSoundSettings | None = None) -> list[
         online = _prefect(checks, pool, settings)
     except Exception as err:  # noqa: BLE001 - a broken API is a finding, not a crash of the doctor
         checks.append(Check("Prefect API", "fail", f"{type(err).__name__}: {err}"))
+    _task_runner(checks, settings)
     _lineage(checks, settings, online)
     _state(checks, settings, online)
     _s3(checks, settings)

@@ -28,9 +28,14 @@ class PureSoundSettings(BaseSettings):
         Folder of user YAML presets (``PURESOUND_PRESETS_DIR``).
     workers : int
         Files processed at once (``PURESOUND_WORKERS``); default the number of cores.
-    task_runner : {"process", "thread"}
+    task_runner : {"process", "thread", "dask"}
         Where a batch's files run (``PURESOUND_TASK_RUNNER``): worker processes (every core;
-        the default) or threads of the flow's process.
+        the default), threads of the flow's process, or a Dask cluster (``prefect-dask``,
+        extra ``dask``: ``pip install -e '.[dask]'``).
+    dask_address : str or None
+        Scheduler of an existing Dask cluster for ``task_runner=dask``
+        (``PURESOUND_DASK_ADDRESS``, e.g. ``tcp://scheduler:8786``), whose workers may be on
+        other machines; unset, each run starts a local cluster of ``workers`` processes.
     fanout : {"auto", "off"}
         ``auto``: a run started from a deployment with at least ``fanout_min_files`` files
         splits them into child flow runs of ``fanout_files_per_run`` files, submitted to the
@@ -75,8 +80,12 @@ class PureSoundSettings(BaseSettings):
     presets_dir: Path | None = Field(default=None, description="Folder of user YAML presets")
     workers: int = Field(default_factory=lambda: max(1, min(os.cpu_count() or 1, 32)), ge=1, le=32,
                          description="Files processed at once (default: the number of cores)")
-    task_runner: Literal["process", "thread"] = Field(
-        default="process", description="Run a batch's files in worker processes (every core) or in threads")
+    task_runner: Literal["process", "thread", "dask"] = Field(
+        default="process", description="Run a batch's files in worker processes (every core), in threads, "
+                                       "or on a Dask cluster (extra `dask`)")
+    dask_address: str | None = Field(
+        default=None, description="Scheduler of an existing Dask cluster (tcp://host:8786) for task_runner=dask; "
+                                  "a local cluster of `workers` processes when unset")
     fanout: Literal["auto", "off"] = Field(
         default="auto", description="Split a deployment run's files into child runs on the work pool")
     fanout_min_files: int = Field(default=4, ge=2, description="Fewest files a run fans out")
