@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import NamedTuple
@@ -26,7 +29,17 @@ class LocalStorage:
     A write goes to a hidden temporary file in the destination folder, is checksummed
     there, then renamed over the destination (atomic on POSIX). An existing destination
     with the same SHA-256 is left alone, so re-runs are idempotent.
+
+    A process killed mid-copy (SIGKILL, a lost machine) cannot remove its temporary, so a
+    write first removes the temporaries of the same destination that are abandoned: named
+    by a process of this host that no longer exists, or (written on another host)
+    untouched for :attr:`STALE_PART_S` seconds, where a live copy touches its file far more
+    often than that.
     """
+
+    #: Age (seconds since last modification) after which another writer's temporary of the
+    #: same destination is taken as abandoned.
+    STALE_PART_S = 900.0
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
@@ -39,15 +52,37 @@ class LocalStorage:
 
     def _write_atomically(self, dest: Path, key: str, fill) -> None:
         """``fill(tmp)`` writes a hidden temporary beside ``dest``, which is then renamed over it."""
-        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
+        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.{os.getpid()}@{_HOST}.part"
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
+            self._remove_abandoned_parts(dest)
             fill(tmp)
             os.replace(tmp, dest)
         except OSError as err:
             raise StorageError(f"{key}: cannot write to {self.root}: {err.strerror}") from err
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _remove_abandoned_parts(self, dest: Path) -> None:
+        """Delete the temporaries of ``dest`` that killed writers left (see the class notes)."""
+        oldest = time.time() - self.STALE_PART_S
+        prefix = f".{dest.name}."
+        abandoned = []
+        with os.scandir(dest.parent) as entries:
+            for entry in entries:
+                if not (entry.name.startswith(prefix) and entry.name.endswith(".part")
+                        and entry.is_file(follow_symlinks=False)):
+                    continue
+                writer = entry.name[len(prefix):-len(".part")].partition(".")[2]  # "{pid}@{host}"
+                pid, _, host = writer.partition("@")
+                if host == _HOST and pid.isdigit():
+                    if not _process_exists(int(pid)):
+                        abandoned.append(entry.path)
+                elif entry.stat(follow_symlinks=False).st_mtime < oldest:
+                    abandoned.append(entry.path)
+        for path in abandoned:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def uri(self, key: str) -> str:
         """``file://`` URI of ``key``."""
@@ -122,6 +157,20 @@ class LocalStorage:
         digest = hashlib.sha256(data).hexdigest()
         self._write_atomically(dest, key, lambda tmp: tmp.write_bytes(data))
         return StoredObject(uri=dest.as_uri(), key=key, sha256=digest, size_bytes=len(data), written=True)
+
+
+_HOST = socket.gethostname()
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (possibly another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 #: Files a folder listing leaves out: reports, notes and our own temporaries.

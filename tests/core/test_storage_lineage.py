@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+
 import pytest
 from sqlalchemy import inspect, text
 
@@ -19,6 +25,32 @@ def test_put_file_is_checksummed_and_idempotent(tmp_path):
     assert first.written and not again.written
     assert first.sha256 == sha256_file(src) == sha256_file(tmp_path / "out/p/a.bin")
     assert [p.name for p in (tmp_path / "out/p").iterdir()] == ["a.bin"]  # no temporary left behind
+
+
+def test_a_write_removes_the_temporaries_killed_writers_left_of_its_destination(tmp_path):
+    storage = LocalStorage(tmp_path / "out")
+    storage.put_bytes(b"first", "p/a.mp3")
+    folder = tmp_path / "out" / "p"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names a writer that no longer exists
+    host = socket.gethostname()
+    parts = {
+        "killed here": f".a.mp3.{'0' * 32}.{dead.pid}@{host}.part",
+        "live here": f".a.mp3.{'1' * 32}.{os.getpid()}@{host}.part",
+        "recent, other host": f".a.mp3.{'2' * 32}.123@other-host.part",
+        "stale, other host": f".a.mp3.{'3' * 32}.123@other-host.part",
+        "stale, old name": f".a.mp3.{'4' * 32}.part",
+        "another destination": f".b.mp3.{'5' * 32}.{dead.pid}@{host}.part",
+    }
+    for name in parts.values():
+        (folder / name).write_bytes(b"partial")
+    old = time.time() - 2 * LocalStorage.STALE_PART_S
+    for what in ("stale, other host", "stale, old name"):
+        os.utime(folder / parts[what], (old, old))
+    storage.put_bytes(b"second", "p/a.mp3")
+    kept = {what for what, name in parts.items() if (folder / name).exists()}
+    assert kept == {"live here", "recent, other host", "another destination"}
+    assert (folder / "a.mp3").read_bytes() == b"second"
 
 
 @pytest.mark.parametrize("key", ["../evil.wav", "a/../../x", "/abs/x", "a\\b", "a\0b", "", "a//b", "x" * 1100])
