@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,78 +27,11 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_peers import speech_chunks  # noqa: E402
+from tests.servers import psql, start_postgres, start_prefect_server, stop, wait_for  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    """Run a PostgreSQL binary as the ``postgres`` user when this is root (the server refuses root)."""
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
-
-
-def start_postgres(folder: Path) -> tuple[str, subprocess.Popen]:
-    """Debian's PostgreSQL in ``folder`` on a Unix socket; returns the socket folder and the server."""
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-    if not bins:
-        sys.exit("needs Debian's PostgreSQL (apt-get install postgresql): the Prefect server needs pg_trgm")
-    data, sock = folder / "data", folder / "sock"
-    for path in (data, sock):
-        path.mkdir(parents=True)
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-        for path in (data, sock):
-            shutil.chown(path, "postgres")
-    subprocess.run(_as_postgres([str(bins[-1] / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
-                   check=True, capture_output=True)
-    server = subprocess.Popen(_as_postgres([str(bins[-1] / "postgres"), "-D", str(data), "-k", str(sock),
-                                            "-c", "listen_addresses=", "-c", "max_connections=200"]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait(lambda: (sock / ".s.PGSQL.5432").exists(), 60, "PostgreSQL")
-    return str(sock), server
-
-
-def psql(sock: str, sql: str) -> None:
-    subprocess.run(["psql", "-h", sock, "-U", "postgres", "-d", "postgres", "-qc", sql], check=True,
-                   capture_output=True)
-
-
-def _wait(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.5)
-    sys.exit(f"timed out waiting for {what}")
-
-
-def start_prefect(sock: str, home: Path) -> tuple[str, subprocess.Popen]:
-    import httpx
-
-    psql(sock, "CREATE DATABASE prefect")
-    port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@/prefect?host={sock}"}
-    server = subprocess.Popen([str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port), "--no-ui"], env=env, stdout=(home / "server.log").open("wb"),
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-
-    def healthy():
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    _wait(healthy, 180, "the Prefect server")
-    return url, server
 
 
 def run_once(workers: int, files: Path, work: Path, sock: str, api: str, pool: str) -> dict:
@@ -122,8 +54,8 @@ def run_once(workers: int, files: Path, work: Path, sock: str, api: str, pool: s
                               stderr=subprocess.STDOUT, start_new_session=True) for i in range(workers)]
     try:
         with get_client(sync_client=True) as client:
-            _wait(lambda: sum(w.status.value == "ONLINE" for w in client.read_workers_for_work_pool(pool)) >= workers,
-                  120, "the workers")
+            wait_for(lambda: sum(w.status.value == "ONLINE" for w in client.read_workers_for_work_pool(pool))
+                     >= workers, 120, "the workers")
         started = time.perf_counter()
         batch = run_deployment("ingest-podcast/nightly", timeout=3600, poll_interval=1,
                                parameters={"source": str(files), "output_dir": str(out)})
@@ -155,7 +87,7 @@ def main() -> None:
     sock, postgres = start_postgres(work / "pg")
     prefect_server = None
     try:
-        api, prefect_server = start_prefect(sock, work)
+        api, prefect_server = start_prefect_server(sock, work)
         os.environ["PREFECT_API_URL"] = api
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.actions import WorkPoolCreate
@@ -175,10 +107,8 @@ def main() -> None:
         results = [run_once(n, files, work, sock, api, pool) for n in (1, 2)]
     finally:
         if prefect_server is not None:
-            os.killpg(prefect_server.pid, 15)
-            prefect_server.wait(timeout=60)
-        postgres.terminate()
-        postgres.wait(timeout=60)
+            stop(prefect_server)
+        stop(postgres)
     print(f"\n12 files, {12 * 2} min of speech, podcast preset; Prefect server and lineage on PostgreSQL\n")
     print("| workers | state | seconds | files published | renditions verified | lineage rows / renditions "
           "| files per worker |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,50 @@ def puresound_env(tmp_path, monkeypatch, prefect_server):
     monkeypatch.delenv("PURESOUND_DATABASE_URL", raising=False)
     monkeypatch.delenv("PURESOUND_PRESETS_DIR", raising=False)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def prefect_server_on_postgres():
+    """API URL of ``prefect server start`` on Debian's PostgreSQL for the session, or None where not installed.
+
+    As in production: the harness server is SQLite, which under a loaded machine logs
+    ``database is locked``. Its folder is made with ``tempfile`` (PostgreSQL runs as user
+    ``postgres``, which cannot enter pytest's private tmp folders).
+    """
+    import shutil
+    import tempfile
+
+    from tests import servers
+
+    if servers.debian_postgres_bin() is None:
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="puresound-pg-prefect-"))
+    folder.chmod(0o755)
+    sock, postgres = servers.start_postgres(folder / "pg")
+    server = None
+    try:
+        url, server = servers.start_prefect_server(sock, folder)
+        yield url
+    finally:
+        if server is not None:
+            servers.stop(server)
+        servers.stop(postgres)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def prefect_api_on_postgres(prefect_server, prefect_server_on_postgres):
+    """This test's Prefect API: the PostgreSQL-backed server when Debian's PostgreSQL is installed, else the harness."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if prefect_server_on_postgres is None:
+        warnings.warn("Debian's PostgreSQL (pg_trgm) is not installed: this test uses the SQLite harness server",
+                      stacklevel=1)
+        yield PREFECT_API_URL.value()
+        return
+    with temporary_settings({PREFECT_API_URL: prefect_server_on_postgres}):
+        yield prefect_server_on_postgres
 
 
 @pytest.fixture(scope="session")
