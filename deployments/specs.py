@@ -137,7 +137,9 @@ _HEADER = """\
 #   puresound doctor
 #
 # Nightly schedules are off until the `source` parameters name your real prefixes (the
-# placeholders below would fire and fail every night): `prefect deployment schedule resume ...`.
+# placeholders below would fire and fail every night): generate your own file with
+# `PURESOUND_NIGHTLY_SOURCE_ROOT=s3://... PURESOUND_OUTPUT_DIR=s3://... puresound deployments
+# --prefect-yaml --from-settings > prefect.yaml` (schedules on), or `prefect deployment schedule resume ...`.
 # Entry points are flows/dynamic.py attributes, which rebuild each preset's flow by name.
 """
 
@@ -146,22 +148,31 @@ YAML_SOURCE_ROOT = "s3://incoming"
 YAML_OUTPUT_DIR = "s3://published/"
 
 
-def prefect_yaml(presets: dict[str, Preset], *, cron: str, timezone: str) -> str:
-    """The ``prefect.yaml`` of these presets' deployments (schedules off, placeholder locations).
+def prefect_yaml(presets: dict[str, Preset], *, cron: str, timezone: str, source_root: str | None = None,
+                 output_dir: str | None = None) -> str:
+    """The ``prefect.yaml`` of these presets' deployments.
 
     Parameters
     ----------
     presets : dict of str to Preset
     cron, timezone : str
+        Nightly schedule.
+    source_root, output_dir : str, optional
+        A site's real locations (``PURESOUND_NIGHTLY_SOURCE_ROOT``, ``PURESOUND_OUTPUT_DIR``):
+        the nightly schedules are then on. Without them (the committed file), placeholder
+        locations and schedules off.
 
     Returns
     -------
     str
         YAML text, header comment included.
     """
+    configured = source_root is not None
+    source_root = YAML_SOURCE_ROOT if source_root is None else source_root.rstrip("/")
+    output_dir = YAML_OUTPUT_DIR if output_dir is None else output_dir
     deployments = []
-    for spec in deployment_specs(presets, source_root=YAML_SOURCE_ROOT, output_dir=YAML_OUTPUT_DIR, cron=cron,
-                                 timezone=timezone, schedules_active=False):
+    for spec in deployment_specs(presets, source_root=source_root, output_dir=output_dir, cron=cron,
+                                 timezone=timezone, schedules_active=configured):
         entry = {"name": spec.name, "entrypoint": f"flows/dynamic.py:{spec.entry}", "description": spec.description,
                  "tags": spec.tags, "parameters": spec.parameters,
                  "work_pool": {"name": WORK_POOL, "work_queue_name": "default"}}
@@ -171,7 +182,9 @@ def prefect_yaml(presets: dict[str, Preset], *, cron: str, timezone: str) -> str
     project = {"name": "puresound", "prefect-version": "3.8.8",
                "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $PURESOUND_HOME }}"}}],
                "deployments": deployments}
-    return _HEADER + yaml.safe_dump(project, sort_keys=False, width=120, allow_unicode=True)
+    header = _HEADER if not configured else _HEADER.replace(
+        "> prefect.yaml` from", "--from-settings` from").split("# Nightly schedules are off")[0]
+    return header + yaml.safe_dump(project, sort_keys=False, width=120, allow_unicode=True)
 
 
 def yaml_of_builtin_presets() -> str:

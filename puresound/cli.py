@@ -345,15 +345,22 @@ def serve(preset: Annotated[list[str] | None, typer.Option("--preset", help="Onl
 @app.command()
 def deployments(prefect_yaml: Annotated[bool, typer.Option(
         "--prefect-yaml", help="Print prefect.yaml (the built-in presets' deployments for a work pool).")] = False,
+        from_settings: Annotated[bool, typer.Option(
+            "--from-settings", help="With --prefect-yaml: this site's presets (PURESOUND_PRESETS_DIR too), "
+                                    "PURESOUND_NIGHTLY_* and PURESOUND_OUTPUT_DIR, schedules on (default: the "
+                                    "committed file: built-in presets, placeholder locations, schedules off).")] = False,
 ) -> None:
     """List every preset's deployments (what `serve` registers), or print prefect.yaml from the same description."""
     import sys
 
-    from deployments.specs import deployment_specs, yaml_of_builtin_presets
+    from deployments.specs import deployment_specs, prefect_yaml as make_prefect_yaml, yaml_of_builtin_presets
 
     settings = _settings()
     if prefect_yaml:
-        sys.stdout.write(yaml_of_builtin_presets())
+        sys.stdout.write(make_prefect_yaml(_load_presets(), cron=settings.nightly_cron, timezone=settings.timezone,
+                                           source_root=settings.nightly_source_root,
+                                           output_dir=str(settings.output_dir))
+                         if from_settings else yaml_of_builtin_presets())
         return
     for spec in deployment_specs(_load_presets(), source_root=settings.nightly_source_root,
                                  output_dir=str(settings.output_dir), cron=settings.nightly_cron,
