@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import CancelledError
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,22 +72,44 @@ def _collect(futures: dict, preset: Preset, on_progress: ProgressCallback | None
     """Each file's outcome as it finishes; an error or a stop is that file's outcome, never the batch's."""
     logger = get_run_logger()
     outcomes: dict[str, SourceOutcome] = {}
-    for done, future in enumerate(as_completed(list(futures)), start=1):
-        ref = futures[future]
-        try:
-            outcomes[ref.uri] = future.result()
-        except Cancelled as err:  # a worker process knows only that a stop was asked; this process knows why
-            reason = f"stopped: {stop_reason()}" if stop_reason() else str(err)
-            outcomes[ref.uri] = SourceOutcome(path=ref.display, verdict="failed", reason=reason)
-        except Exception as err:  # noqa: BLE001 - one bad file never sinks the batch
-            outcomes[ref.uri] = SourceOutcome(path=ref.display, verdict="failed",
-                                              reason=f"{type(err).__name__}: {err}")
-            logger.warning("%s: failed: %s: %s", ref.name, type(err).__name__, err)
-        update_progress_artifact(progress_id, progress=100.0 * done / max(len(futures), 1),
-                                 description=f"{preset.name}: {done} of {len(futures)} files")
-        if on_progress is not None:
-            on_progress(done, len(futures), outcomes[ref.uri])
+    finished = threading.Event()
+    watcher = threading.Thread(target=_cancel_queued_on_stop, args=(list(futures), finished), daemon=True,
+                               name="puresound-stop-watcher")
+    watcher.start()
+    try:
+        for done, future in enumerate(as_completed(list(futures)), start=1):
+            ref = futures[future]
+            outcomes[ref.uri] = _outcome(future, ref, logger)
+            update_progress_artifact(progress_id, progress=100.0 * done / max(len(futures), 1),
+                                     description=f"{preset.name}: {done} of {len(futures)} files")
+            if on_progress is not None:
+                on_progress(done, len(futures), outcomes[ref.uri])
+    finally:
+        finished.set()
     return outcomes
+
+
+def _cancel_queued_on_stop(futures: list, finished: threading.Event, poll_s: float = 0.5) -> None:
+    """On a stop, cancel the files no worker has started (Dask workers never see the stop flag)."""
+    while not finished.wait(poll_s):
+        if stop_requested():
+            for future in futures:
+                wrapped = getattr(future, "wrapped_future", None)
+                if wrapped is not None and not wrapped.done():
+                    wrapped.cancel()  # a file already running goes on to its end (or its next block)
+            return
+
+
+def _outcome(future, ref: SourceRef, logger) -> SourceOutcome:
+    """The file's outcome from its future: its result, or its error or stop as a ``failed`` verdict."""
+    try:
+        return future.result()
+    except (Cancelled, CancelledError) as err:  # a worker knows only that a stop was asked; this process knows why
+        reason = f"stopped: {stop_reason()}" if stop_reason() else f"stopped: {err or 'cancelled'}"
+        return SourceOutcome(path=ref.display, verdict="failed", reason=reason)
+    except Exception as err:  # noqa: BLE001 - one bad file never sinks the batch
+        logger.warning("%s: failed: %s: %s", ref.name, type(err).__name__, err)
+        return SourceOutcome(path=ref.display, verdict="failed", reason=f"{type(err).__name__}: {err}")
 
 
 class _Progress:
@@ -171,7 +194,10 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
         preset_fingerprint=preset.fingerprint, package_version=puresound_core.__version__,
         pyav_version=av.__version__, ffmpeg_version=FFMPEG_VERSION,
         worker=f"{os.environ.get('PREFECT__WORKER_NAME') or 'no worker'}@{socket.gethostname()}")
-    close_orphaned_runs(lineage, current_flow_run_id=str(flow_run.id or ""), current_run_id=run_id)
+    try:
+        close_orphaned_runs(lineage, current_flow_run_id=str(flow_run.id or ""), current_run_id=run_id)
+    except Exception as err:  # noqa: BLE001 - housekeeping of earlier runs never fails this one
+        logger.warning("could not close lineage rows of earlier runs: %s: %s", type(err).__name__, err)
     outcomes: dict[str, SourceOutcome] = {}
     status = "failed"
     clear_stop()
