@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
+import re
 import shutil
 import socket
 import time
@@ -31,18 +33,23 @@ class LocalStorage:
     with the same SHA-256 is left alone, so re-runs are idempotent.
 
     A process killed mid-copy (SIGKILL, a lost machine) cannot remove its temporary, so a
-    write first removes the temporaries of the same destination that are abandoned: named
-    by a process of this host that no longer exists, or (written on another host)
-    untouched for :attr:`STALE_PART_S` seconds, where a live copy touches its file far more
-    often than that.
+    write first removes the abandoned temporaries in its folder (at most once per
+    :attr:`SWEEP_EVERY_S` per folder): those named by a process of this host and pid
+    namespace that no longer exists (and a minute old), and those untouched for
+    :attr:`STALE_PART_S` seconds, where a live copy touches its file far more often.
     """
 
-    #: Age (seconds since last modification) after which another writer's temporary of the
-    #: same destination is taken as abandoned.
+    #: Age (seconds since last modification) after which any temporary is taken as abandoned.
     STALE_PART_S = 900.0
+    #: Age after which a temporary named by a dead process of this host (and pid namespace)
+    #: is taken as abandoned.
+    DEAD_WRITER_GRACE_S = 60.0
+    #: A folder is swept at most this often per storage object (its listing is not free on NFS).
+    SWEEP_EVERY_S = 300.0
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
+        self._swept: dict[str, float] = {}
 
     def _path(self, key: str) -> Path:
         path = (self.root / check_key(key)).resolve()
@@ -52,7 +59,7 @@ class LocalStorage:
 
     def _write_atomically(self, dest: Path, key: str, fill) -> None:
         """``fill(tmp)`` writes a hidden temporary beside ``dest``, which is then renamed over it."""
-        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.{os.getpid()}@{_HOST}.part"
+        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.{os.getpid()}@{_WRITER}.part"
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             self._remove_abandoned_parts(dest)
@@ -64,25 +71,27 @@ class LocalStorage:
             tmp.unlink(missing_ok=True)
 
     def _remove_abandoned_parts(self, dest: Path) -> None:
-        """Delete the temporaries of ``dest`` that killed writers left (see the class notes)."""
-        oldest = time.time() - self.STALE_PART_S
-        prefix = f".{dest.name}."
-        abandoned = []
-        with os.scandir(dest.parent) as entries:
-            for entry in entries:
-                if not (entry.name.startswith(prefix) and entry.name.endswith(".part")
-                        and entry.is_file(follow_symlinks=False)):
-                    continue
-                writer = entry.name[len(prefix):-len(".part")].partition(".")[2]  # "{pid}@{host}"
-                pid, _, host = writer.partition("@")
-                if host == _HOST and pid.isdigit():
-                    if not _process_exists(int(pid)):
-                        abandoned.append(entry.path)
-                elif entry.stat(follow_symlinks=False).st_mtime < oldest:
-                    abandoned.append(entry.path)
-        for path in abandoned:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        """Delete the temporaries killed writers left in ``dest``'s folder (see the class notes); never fails."""
+        folder = str(dest.parent)
+        now = time.monotonic()
+        if now - self._swept.get(folder, -math.inf) < self.SWEEP_EVERY_S:
+            return
+        self._swept[folder] = now
+        wall = time.time()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    found = _PART.match(entry.name)  # of any destination in the folder: the same rules hold
+                    if found is None:
+                        continue
+                    with contextlib.suppress(OSError):  # gone meanwhile, or not ours to delete
+                        age_s = wall - entry.stat(follow_symlinks=False).st_mtime
+                        dead_here = (found["writer"] == _WRITER and found["pid"] is not None
+                                     and not _process_exists(int(found["pid"])))
+                        if age_s > self.STALE_PART_S or (dead_here and age_s > self.DEAD_WRITER_GRACE_S):
+                            os.unlink(entry.path)
+        except OSError:
+            return
 
     def uri(self, key: str) -> str:
         """``file://`` URI of ``key``."""
@@ -159,7 +168,18 @@ class LocalStorage:
         return StoredObject(uri=dest.as_uri(), key=key, sha256=digest, size_bytes=len(data), written=True)
 
 
-_HOST = socket.gethostname()
+def _writer_id() -> str:
+    """8 hex digits naming this host and pid namespace (containers may share a host name)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return hashlib.sha256(f"{socket.gethostname()}:{namespace}".encode()).hexdigest()[:8]
+
+
+_WRITER = _writer_id()
+#: ``.{name}.{32 hex}[.{pid}@{writer}].part``: a temporary of destination ``name``.
+_PART = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{32}(?:\.(?P<pid>\d+)@(?P<writer>[0-9a-f]{8}))?\.part$")
 
 
 def _process_exists(pid: int) -> bool:

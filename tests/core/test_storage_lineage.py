@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,30 +26,36 @@ def test_put_file_is_checksummed_and_idempotent(tmp_path):
     assert [p.name for p in (tmp_path / "out/p").iterdir()] == ["a.bin"]  # no temporary left behind
 
 
-def test_a_write_removes_the_temporaries_killed_writers_left_of_its_destination(tmp_path):
+def test_a_write_removes_the_temporaries_killed_writers_left_in_its_folder(tmp_path):
+    from puresound_core.storage.local import _WRITER
+
     storage = LocalStorage(tmp_path / "out")
-    storage.put_bytes(b"first", "p/a.mp3")
     folder = tmp_path / "out" / "p"
+    folder.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid names a writer that no longer exists
-    host = socket.gethostname()
     parts = {
-        "killed here": f".a.mp3.{'0' * 32}.{dead.pid}@{host}.part",
-        "live here": f".a.mp3.{'1' * 32}.{os.getpid()}@{host}.part",
-        "recent, other host": f".a.mp3.{'2' * 32}.123@other-host.part",
-        "stale, other host": f".a.mp3.{'3' * 32}.123@other-host.part",
+        "killed here, 2 min ago": f".a.mp3.{'0' * 32}.{dead.pid}@{_WRITER}.part",
+        "killed here, just now": f".a.mp3.{'6' * 32}.{dead.pid}@{_WRITER}.part",
+        "live here": f".a.mp3.{'1' * 32}.{os.getpid()}@{_WRITER}.part",
+        "recent, other host": f".a.mp3.{'2' * 32}.{dead.pid}@0badc0de.part",
+        "stale, other host": f".a.mp3.{'3' * 32}.123@0badc0de.part",
         "stale, old name": f".a.mp3.{'4' * 32}.part",
-        "another destination": f".b.mp3.{'5' * 32}.{dead.pid}@{host}.part",
+        "another destination": f".b.mp3.{'5' * 32}.{dead.pid}@{_WRITER}.part",
+        "stale, a longer name": f".a.mp3.json.{'7' * 32}.123@0badc0de.part",
     }
     for name in parts.values():
         (folder / name).write_bytes(b"partial")
-    old = time.time() - 2 * LocalStorage.STALE_PART_S
-    for what in ("stale, other host", "stale, old name"):
-        os.utime(folder / parts[what], (old, old))
+    for what, age_s in (("killed here, 2 min ago", 120), ("stale, other host", 2 * LocalStorage.STALE_PART_S),
+                        ("stale, old name", 2 * LocalStorage.STALE_PART_S),
+                        ("stale, a longer name", 2 * LocalStorage.STALE_PART_S)):
+        then = time.time() - age_s
+        os.utime(folder / parts[what], (then, then))
     storage.put_bytes(b"second", "p/a.mp3")
     kept = {what for what, name in parts.items() if (folder / name).exists()}
-    assert kept == {"live here", "recent, other host", "another destination"}
+    assert kept == {"killed here, just now", "live here", "recent, other host", "another destination"}
     assert (folder / "a.mp3").read_bytes() == b"second"
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".a.mp3.0")] == []
 
 
 @pytest.mark.parametrize("key", ["../evil.wav", "a/../../x", "/abs/x", "a\\b", "a\0b", "", "a//b", "x" * 1100])
