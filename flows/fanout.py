@@ -31,12 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from uuid import UUID
 
+import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Cancelling, Scheduled
 
@@ -109,6 +110,10 @@ def fan_out_wanted(settings, files: int) -> bool:
     bool
     """
     return settings.fanout == "auto" and deployment.id is not None and files >= settings.fanout_min_files
+
+
+#: How long the batch keeps looking for its children while the Prefect API does not answer.
+API_OUTAGE_S = 600.0
 
 
 @dataclass
@@ -184,29 +189,50 @@ def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_r
     handed_back: list[SourceRef] = []
     pending = dict(children)
     pause = threading.Event()
+    api_down_since: float | None = None
     start_deadline = time.monotonic() + start_timeout_s
     taken = False  # has any worker taken any child?
     with get_client(sync_client=True) as client:
         while pending:
             if stop_requested():
-                for child in pending.values():
-                    client.set_flow_run_state(child.flow_run_id, Cancelling(message="the batch run was stopped"),
-                                              force=True)
-                    _finish(child, outcomes, on_done, "stopped: the batch run was stopped before this file ran")
+                _stop_children(client, pending, outcomes, on_done,
+                               lambda run_id: read_report(f"{preset.name}/runs/{run_id}.json"))
                 break
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending))),
-                                         limit=len(pending))
+            try:
+                runs = _read(client, pending)
+            except (httpx.HTTPError, PrefectHTTPStatusError) as err:  # the API is down or busy: look again
+                if api_down_since is None:
+                    api_down_since = time.monotonic()
+                if time.monotonic() - api_down_since > API_OUTAGE_S:
+                    raise
+                logger.warning("cannot read the child runs (%s: %s); trying again", type(err).__name__, err)
+                pause.wait(poll_s)
+                continue
+            api_down_since = None
+            for missing in set(pending) - {r.id for r in runs}:  # deleted from the server
+                _finish(pending.pop(missing), outcomes, on_done, f"failed: child run {missing} was deleted")
             taken = taken or any(r.run_count > 0 or (r.state is not None and r.state.type != StateType.SCHEDULED)
                                  for r in runs)
             if not taken and time.monotonic() > start_deadline:
-                logger.warning("no worker took any of %d child runs in %g s (no free slot?): this run processes "
-                               "their files itself", len(pending), start_timeout_s)
-                for child in pending.values():
-                    client.set_flow_run_state(child.flow_run_id, Cancelled(
-                        message="no worker took it: its batch run processes these files"), force=True)
-                    handed_back.extend(child.refs)
-                break
+                # Only children still Scheduled now are taken back (one claimed since the last look runs).
+                cancelled = 0
+                for run in _read(client, pending):
+                    if run.state is not None and run.state.type == StateType.SCHEDULED:
+                        client.set_flow_run_state(run.id, Cancelled(
+                            message="no worker took it: its batch run processes these files"), force=True)
+                        handed_back.extend(pending.pop(run.id).refs)
+                        cancelled += 1
+                    else:
+                        taken = True
+                if cancelled:
+                    logger.warning("no worker took %d child runs in %g s (no free slot?): this run processes their "
+                                   "%d files itself", cancelled, start_timeout_s, len(handed_back))
+                if not pending:
+                    break
+                runs = [r for r in runs if r.id in pending]
             for run in runs:
+                if run.id not in pending:
+                    continue
                 child = pending[run.id]
                 if run.state is not None and run.state.type == StateType.PENDING:
                     # Claimed by a worker that died before starting it: no heartbeat ever, so no zombie
@@ -214,6 +240,9 @@ def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_r
                     if child.pending_state != run.state.id:
                         child.pending_state, child.pending_since = run.state.id, time.monotonic()
                     elif time.monotonic() - child.pending_since > pending_timeout_s:
+                        now = client.read_flow_run(run.id).state
+                        if now is None or now.id != run.state.id:  # it moved on since the look: not stuck
+                            continue
                         if child.reschedules < crash_retries:
                             child.reschedules += 1
                             logger.warning("child run %s Pending for over %g s (its worker died?); rescheduled",
@@ -249,6 +278,33 @@ def run_parts(preset: Preset, refs: list[SourceRef], output: str, *, files_per_r
             if pending:
                 pause.wait(poll_s)
     return outcomes, handed_back
+
+
+def _read(client, pending: dict) -> list:
+    """The pending children's flow runs, as the server has them now."""
+    return client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending))),
+                                 limit=len(pending))
+
+
+def _stop_children(client, pending: dict, outcomes: dict[str, SourceOutcome], on_done,
+                   read_report: Callable[[UUID], bytes | None]) -> None:
+    """The batch was stopped: cancel its children (a running one through ``Cancelling``, so its worker kills it).
+
+    A child that finished since the last look keeps its report's outcomes.
+    """
+    for run in _read(client, pending):
+        child = pending[run.id]
+        state = run.state.type if run.state is not None else StateType.SCHEDULED
+        if state in (StateType.SCHEDULED, StateType.PENDING):
+            client.set_flow_run_state(run.id, Cancelled(message="its batch run was stopped"), force=True)
+        elif not run.state.is_final():
+            client.set_flow_run_state(run.id, Cancelling(message="its batch run was stopped"), force=True)
+        elif (data := read_report(run.id)) is not None:
+            child.outcomes = {o.path: o for o in BatchReport.model_validate_json(data).sources}
+        _finish(child, outcomes, on_done, "stopped: the batch run was stopped before this file ran")
+    for child in pending.values():  # deleted from the server
+        if not any(ref.uri in outcomes for ref in child.refs):
+            _finish(child, outcomes, on_done, "stopped: the batch run was stopped before this file ran")
 
 
 def _finish(child: _Child, outcomes: dict[str, SourceOutcome], on_done, reason: str) -> None:

@@ -141,8 +141,13 @@ def close_orphaned_runs(lineage: LineageStore, *, current_flow_run_id: str = "",
             continue
     if not rows:
         return closed
+    ids = list(rows)
+    runs = []
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(rows))))
+        for start in range(0, len(ids), 200):  # the API returns at most `limit` runs (default 200)
+            chunk = ids[start:start + 200]
+            runs += client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
+                                          limit=len(chunk))
     for run in runs:
         if run.state is not None and run.state.is_final():
             closed += lineage.close_runs(rows[run.id], run.state.type.value.lower())
