@@ -16,6 +16,7 @@ Per preset ``P``:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -143,6 +144,23 @@ _HEADER = """\
 # Entry points are flows/dynamic.py attributes, which rebuild each preset's flow by name.
 """
 
+_SITE_HEADER = """\
+# GENERATED for this site by `puresound deployments --prefect-yaml --from-settings` from
+# deployments/specs.py, its presets (PURESOUND_PRESETS_DIR too), PURESOUND_NIGHTLY_* and
+# PURESOUND_OUTPUT_DIR. Nightly schedules are on. Generate it again after changing them.
+#
+#   puresound setup --heartbeat-s 30          # the process work pool + crash detection
+#   PURESOUND_HOME=$PWD prefect deploy --all
+#   PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 prefect worker start --pool puresound-process --limit 2
+#   puresound doctor
+"""
+
+
+def _absolute(location: str) -> str:
+    """``location`` unchanged when it is a URL (``s3://...``), else as an absolute path."""
+    return location if "://" in location else str(Path(location).expanduser().resolve())
+
+
 #: Placeholders of prefect.yaml (real values come from the UI, `prefect deploy` edits or the schedule).
 YAML_SOURCE_ROOT = "s3://incoming"
 YAML_OUTPUT_DIR = "s3://published/"
@@ -158,9 +176,10 @@ def prefect_yaml(presets: dict[str, Preset], *, cron: str, timezone: str, source
     cron, timezone : str
         Nightly schedule.
     source_root, output_dir : str, optional
-        A site's real locations (``PURESOUND_NIGHTLY_SOURCE_ROOT``, ``PURESOUND_OUTPUT_DIR``):
-        the nightly schedules are then on. Without them (the committed file), placeholder
-        locations and schedules off.
+        A site's real locations (``PURESOUND_NIGHTLY_SOURCE_ROOT``, ``PURESOUND_OUTPUT_DIR``;
+        a local path is made absolute: workers run from ``PURESOUND_HOME``): the nightly
+        schedules are then on. Without them (the committed file), placeholder locations and
+        schedules off.
 
     Returns
     -------
@@ -168,8 +187,8 @@ def prefect_yaml(presets: dict[str, Preset], *, cron: str, timezone: str, source
         YAML text, header comment included.
     """
     configured = source_root is not None
-    source_root = YAML_SOURCE_ROOT if source_root is None else source_root.rstrip("/")
-    output_dir = YAML_OUTPUT_DIR if output_dir is None else output_dir
+    source_root = YAML_SOURCE_ROOT if source_root is None else _absolute(source_root).rstrip("/")
+    output_dir = YAML_OUTPUT_DIR if output_dir is None else _absolute(output_dir)
     deployments = []
     for spec in deployment_specs(presets, source_root=source_root, output_dir=output_dir, cron=cron,
                                  timezone=timezone, schedules_active=configured):
@@ -182,8 +201,7 @@ def prefect_yaml(presets: dict[str, Preset], *, cron: str, timezone: str, source
     project = {"name": "puresound", "prefect-version": "3.8.8",
                "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $PURESOUND_HOME }}"}}],
                "deployments": deployments}
-    header = _HEADER if not configured else _HEADER.replace(
-        "> prefect.yaml` from", "--from-settings` from").split("# Nightly schedules are off")[0]
+    header = _SITE_HEADER if configured else _HEADER
     return header + yaml.safe_dump(project, sort_keys=False, width=120, allow_unicode=True)
 
 

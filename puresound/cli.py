@@ -356,6 +356,11 @@ def deployments(prefect_yaml: Annotated[bool, typer.Option(
     from deployments.specs import deployment_specs, prefect_yaml as make_prefect_yaml, yaml_of_builtin_presets
 
     settings = _settings()
+    if from_settings and "nightly_source_root" not in settings.model_fields_set:
+        console.print("[red]--from-settings needs PURESOUND_NIGHTLY_SOURCE_ROOT[/red]: the folder or s3:// prefix "
+                      "holding <root>/<preset>/ (with the default, schedules would fire on a folder that does not "
+                      "exist)")
+        raise typer.Exit(2)
     if prefect_yaml:
         sys.stdout.write(make_prefect_yaml(_load_presets(), cron=settings.nightly_cron, timezone=settings.timezone,
                                            source_root=settings.nightly_source_root,

@@ -68,13 +68,17 @@ def test_deployment_defaults_are_absolute_and_descriptions_say_what_the_preset_d
     assert "-16 LUFS +-1 LU" in manual.description and "opus-48k-mono (Opus 48 kbps" in manual.description
 
 
-def test_a_site_generates_its_own_prefect_yaml_with_its_schedule_and_locations(monkeypatch):
+def test_a_site_generates_its_own_prefect_yaml_with_its_schedule_and_locations(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
     from puresound.cli import app
 
+    monkeypatch.delenv("PURESOUND_NIGHTLY_SOURCE_ROOT", raising=False)
+    refused = CliRunner().invoke(app, ["deployments", "--prefect-yaml", "--from-settings"], catch_exceptions=False)
+    assert refused.exit_code == 2 and "PURESOUND_NIGHTLY_SOURCE_ROOT" in refused.output  # no schedule on a default
     monkeypatch.setenv("PURESOUND_NIGHTLY_SOURCE_ROOT", "s3://acme-incoming/audio/")
-    monkeypatch.setenv("PURESOUND_OUTPUT_DIR", "s3://acme-published/")
+    monkeypatch.setenv("PURESOUND_OUTPUT_DIR", "published")  # relative: made absolute (workers run elsewhere)
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PURESOUND_NIGHTLY_CRON", "30 1 * * *")
     monkeypatch.setenv("PURESOUND_TIMEZONE", "Europe/Berlin")
     result = CliRunner().invoke(app, ["deployments", "--prefect-yaml", "--from-settings"], catch_exceptions=False)
@@ -84,5 +88,5 @@ def test_a_site_generates_its_own_prefect_yaml_with_its_schedule_and_locations(m
     nightly = {d["entrypoint"].split(":")[1]: d for d in deployments if d["name"] == NIGHTLY}
     podcast = nightly["ingest__podcast"]
     assert podcast["parameters"]["source"] == "s3://acme-incoming/audio/podcast"
-    assert podcast["parameters"]["output_dir"] == "s3://acme-published/"
+    assert podcast["parameters"]["output_dir"] == str(tmp_path.resolve() / "published")
     assert podcast["schedules"] == [{"cron": "30 1 * * *", "timezone": "Europe/Berlin", "active": True}]
