@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -108,7 +109,7 @@ def main() -> None:
     finally:
         if prefect_server is not None:
             stop(prefect_server)
-        stop(postgres)
+        stop(postgres, signal.SIGINT)
     print(f"\n12 files, {12 * 2} min of speech, podcast preset; Prefect server and lineage on PostgreSQL\n")
     print("| workers | state | seconds | files published | renditions verified | lineage rows / renditions "
           "| files per worker |")

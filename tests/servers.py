@@ -6,6 +6,7 @@ binaries lack; Debian's ``postgresql`` package has it (``apt-get install postgre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -74,7 +75,11 @@ def start_postgres(folder: Path) -> tuple[str, subprocess.Popen]:
     server = subprocess.Popen(_as_postgres([str(bins / "postgres"), "-D", str(data), "-k", str(sock),
                                             "-c", "listen_addresses=", "-c", "max_connections=200"]),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_for(lambda: (sock / ".s.PGSQL.5432").exists(), 60, "PostgreSQL")
+    try:
+        wait_for(lambda: (sock / ".s.PGSQL.5432").exists(), 60, "PostgreSQL")
+    except BaseException:
+        stop(server, signal.SIGINT)
+        raise
     return str(sock), server
 
 
@@ -121,20 +126,26 @@ def start_prefect_server(sock: str, home: Path, database: str = "prefect") -> tu
         except httpx.HTTPError:
             return False
 
-    wait_for(healthy, 180, "the Prefect server")
+    try:
+        wait_for(healthy, 180, "the Prefect server")
+    except BaseException:
+        stop(server)
+        raise
     return url, server
 
 
-def stop(process: subprocess.Popen, timeout_s: float = 60) -> None:
-    """SIGTERM ``process`` (its whole session when it leads one), SIGKILL after ``timeout_s``."""
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60) -> None:
+    """Send ``sig`` to ``process``'s session (it leads one), SIGKILL the session after ``timeout_s``.
+
+    For PostgreSQL pass ``signal.SIGINT`` (fast shutdown: SIGTERM waits for its clients).
+    """
     if process.poll() is not None:
         return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except PermissionError:  # runuser's session: signal the process itself
-        process.terminate()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()

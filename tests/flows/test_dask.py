@@ -33,7 +33,14 @@ def test_a_batch_runs_on_a_local_dask_cluster(puresound_env, monkeypatch):
     out = puresound_env / "out"
     monkeypatch.setenv("PURESOUND_TASK_RUNNER", "dask")
     monkeypatch.setenv("PURESOUND_WORKERS", "2")
+    import flows.presets
+
+    made = []
+    monkeypatch.setattr(flows.presets, "batch_task_runner",
+                        lambda *a, **k: made.append(batch_task_runner(*a, **k)) or made[-1])
     assert run_cli("voice", str(src), "--output", str(out)).exit_code == 0
+    assert [type(r).__name__ for r in made] == ["DaskTaskRunner"]
+    assert made[0].cluster_kwargs["n_workers"] == 2
     batch = batch_report(out, "voice")
     assert batch["counts"]["published"] == 3, batch["sources"]
     assert all(r["verified"] for s in batch["sources"] for r in s["renditions"])
