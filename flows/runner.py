@@ -69,8 +69,9 @@ def batch_task_runner(kind: str, workers: int, files: int, dask_address: str | N
     TaskRunner
         Not started (use it as a context manager). For processes, a stop requested here
         (:func:`puresound_core.cancel.request_stop`) reaches every worker. Dask workers do
-        not see it: a stop abandons their files when the cluster closes, and the next run
-        sweeps what they left in the work area.
+        not see it: the batch cancels the files not started, and the files running die with
+        a local cluster (the next render sweeps what they left in the work area) or run to
+        their end on a remote one.
 
     Raises
     ------
