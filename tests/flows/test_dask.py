@@ -84,3 +84,37 @@ def test_doctor_fails_a_dask_cluster_whose_workers_cannot_start_the_decode_child
     assert check.status == "ok" and "1 worker(s)" in check.detail, check
     check = task_runner_check("tcp://127.0.0.1:9")  # nothing listens there
     assert check.status == "fail" and "does not answer" in check.detail, check
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_dask_batch_without_running_its_queue(puresound_env, prefect_server):
+    """Dask workers never see the stop flag: the batch cancels what they have not started and stops in seconds."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    src = puresound_env / "in"
+    src.mkdir()
+    for i in range(4):  # 3 min each: each render takes far longer than the stop may
+        write_wav(src / f"long{i}.wav", pink_noise(180, 44100, level_dbfs=-24, seed=i), 44100)
+    out, renders = puresound_env / "out", puresound_env / "state" / "renders"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PURESOUND_WORKERS": "2",
+           "PURESOUND_TASK_RUNNER": "dask", "PURESOUND_STATE_DIR": str(puresound_env / "state")}
+    proc = subprocess.Popen([sys.executable, "-m", "puresound.cli", "run", "podcast", str(src), "--output", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not list(renders.rglob("*.attempt*")) and time.monotonic() < deadline:  # an encode has started
+        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+        time.sleep(0.2)
+    assert list(renders.rglob("*.attempt*")), "no render started within 300 s"
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0].decode(errors="replace")
+    assert proc.returncode == 1, output
+    batch = json.loads((out / "podcast" / "report.json").read_text())
+    assert batch["stopped"] and all(s["verdict"] == "failed" and "SIGTERM" in s["reason"] for s in batch["sources"])
+    started = {p.parent.name for p in renders.glob("*/*")}  # one folder per source whose render began
+    assert len(started) <= 2, started  # the 2 queued files were cancelled, never rendered
