@@ -102,8 +102,11 @@ def test_sigterm_stops_a_dask_batch_without_running_its_queue(puresound_env, pre
     for i in range(4):  # 3 min each: each render takes far longer than the stop may
         write_wav(src / f"long{i}.wav", pink_noise(180, 44100, level_dbfs=-24, seed=i), 44100)
     out, renders = puresound_env / "out", puresound_env / "state" / "renders"
+    # Prefect results of this test only: the harness sets its storage path in-process, so a CLI run
+    # would otherwise use ~/.prefect/storage and find the renders of an earlier run of this test.
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PURESOUND_WORKERS": "2",
-           "PURESOUND_TASK_RUNNER": "dask", "PURESOUND_STATE_DIR": str(puresound_env / "state")}
+           "PURESOUND_TASK_RUNNER": "dask", "PURESOUND_STATE_DIR": str(puresound_env / "state"),
+           "PREFECT_LOCAL_STORAGE_PATH": str(puresound_env / "prefect-results")}
     proc = subprocess.Popen([sys.executable, "-m", "puresound.cli", "run", "podcast", str(src), "--output", str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -116,5 +119,5 @@ def test_sigterm_stops_a_dask_batch_without_running_its_queue(puresound_env, pre
     assert proc.returncode == 1, output
     batch = json.loads((out / "podcast" / "report.json").read_text())
     assert batch["stopped"] and all(s["verdict"] == "failed" and "SIGTERM" in s["reason"] for s in batch["sources"])
-    started = {p.parent.name for p in renders.glob("*/*")}  # one folder per source whose render began
+    started = {p.name for p in renders.glob("*/*")}  # renders/<sha[:2]>/<sha>: one per source whose render began
     assert len(started) <= 2, started  # the 2 queued files were cancelled, never rendered
