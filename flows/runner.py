@@ -24,6 +24,7 @@ import hashlib
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,6 +110,12 @@ WORKER_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_T
 DASK_WORKER_CONFIG = {"distributed.worker.daemon": False}
 
 
+def _is_dask(runner: TaskRunner) -> bool:
+    """Whether ``runner`` is prefect-dask's runner; ``prefect_dask`` is only looked up if already imported."""
+    module = sys.modules.get("prefect_dask")
+    return module is not None and isinstance(runner, module.DaskTaskRunner)
+
+
 @contextlib.contextmanager
 def worker_environment(runner: TaskRunner) -> Iterator[None]:
     """While a process pool starts its workers: one native-library thread each (unless the user set them).
@@ -122,7 +129,7 @@ def worker_environment(runner: TaskRunner) -> Iterator[None]:
     runner : TaskRunner
         Nothing changes for a thread pool.
     """
-    is_dask = type(runner).__name__ == "DaskTaskRunner"
+    is_dask = _is_dask(runner)
     if not (is_dask or isinstance(runner, ProcessPoolTaskRunner)):
         yield
         return

@@ -203,11 +203,17 @@ def _task_runner(checks: list[Check], settings: PureSoundSettings) -> None:
                                                  "per run (PURESOUND_DASK_ADDRESS unset)"))
         return
     try:
-        with distributed.Client(settings.dask_address, timeout=5, set_as_default=False) as client:
-            daemonic = client.run(_is_daemonic)
-    except Exception as err:  # noqa: BLE001 - unreachable, malformed, or workers without this package: a finding
+        client = distributed.Client(settings.dask_address, timeout=5, set_as_default=False)
+    except Exception as err:  # noqa: BLE001 - unreachable or malformed address: a finding
         checks.append(Check("task runner", "fail", f"dask: scheduler {settings.dask_address} does not answer: "
                                                    f"{type(err).__name__}: {err}"))
+        return
+    try:
+        with client:
+            daemonic = client.run(_is_daemonic)
+    except Exception as err:  # noqa: BLE001 - a worker could not run the check (this package missing there, say)
+        checks.append(Check("task runner", "fail", f"dask: scheduler {settings.dask_address} answers, but a worker "
+                                                   f"failed the check: {type(err).__name__}: {err}"))
         return
     bad = sorted(address for address, flag in daemonic.items() if flag)
     if not daemonic:

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,6 +26,7 @@ from flows.fanout import chunks, idempotency_key
 from flows.models import SourceRef
 from puresound_core.presets import BUILTIN_PRESETS
 from tests.conftest import pink_noise, write_wav
+from tests.servers import wait_for
 
 
 def test_chunks_keep_order_and_keys_name_the_batch_preset_and_sources():
@@ -55,17 +55,6 @@ def _stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-
-
-def _wait_for(condition, timeout_s: float, what: str):
-    """Poll ``condition()`` until it returns something truthy (the thing waited for), or fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        threading.Event().wait(0.5)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 def _victim(store, batch_id) -> tuple[str, str] | None:
@@ -98,8 +87,8 @@ def _task_runs_once_recorded(client, flow_run_id: str, timeout_s: float = 60) ->
         return runs if any(t.name.startswith("render") and t.state and t.state.name == "Cached" for t in runs) else None
 
     try:
-        return _wait_for(with_cached_render, timeout_s, "a cached render in the retried part")
-    except AssertionError:
+        return wait_for(with_cached_render, timeout_s, "a cached render in the retried part")
+    except TimeoutError:
         return read()  # the assertion on it names what there is
 
 
@@ -148,7 +137,7 @@ def test_a_nightly_ingest_fans_out_to_two_workers_and_survives_one_killed(tmp_pa
     parameters = {"source": str(incoming / "podcast"), "output_dir": str(out)}
     try:
         batch = run_deployment("ingest-podcast/nightly", timeout=0, parameters=parameters)
-        victim_worker, victim_run = _wait_for(lambda: _victim(store, batch.id), 300, "a part run to publish a file")
+        victim_worker, victim_run = wait_for(lambda: _victim(store, batch.id), 300, "a part run to publish a file")
         with get_client(sync_client=True) as client:
             # A lost machine: the worker and every flow run process it started (each in a session of its own).
             doomed = [workers[victim_worker].pid, *(c.pid for c in psutil.Process(workers[victim_worker].pid)
@@ -156,10 +145,10 @@ def test_a_nightly_ingest_fans_out_to_two_workers_and_survives_one_killed(tmp_pa
             for pid in doomed:
                 os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()
-            crashed = _wait_for(lambda: client.read_flow_run(victim_run).state.is_crashed() or
+            crashed = wait_for(lambda: client.read_flow_run(victim_run).state.is_crashed() or
                                 client.read_flow_run(victim_run).run_count > 1, 240, "the killed run to be Crashed")
             crash_detected_s = time.monotonic() - killed_at
-            final = _wait_for(lambda: (r := client.read_flow_run(batch.id)).state.is_final() and r, 400,
+            final = wait_for(lambda: (r := client.read_flow_run(batch.id)).state.is_final() and r, 400,
                               "the batch run to finish")
             states = [s.type.value for s in client.read_flow_run_states(victim_run)]
             task_runs = _task_runs_once_recorded(client, victim_run)
