@@ -126,12 +126,22 @@ def prefect_api_on_postgres(prefect_server, prefect_server_on_postgres):
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
+def postgres_server():
     """A real PostgreSQL server for the session (``pgserver``: its binaries from PyPI, a Unix socket)."""
+    import shutil
+    import tempfile
+
     pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
-    yield server
-    server.cleanup()
+    # Not under pytest's temporary root: as root, pgserver opens its folders to the server's own
+    # user, and every pytest session that starts meanwhile closes that root again (mode 0o700),
+    # which stops the server of a session still running.
+    folder = Path(tempfile.mkdtemp(prefix="puresound-pgserver-"))
+    try:
+        server = pgserver.get_server(folder / "pgdata", cleanup_mode="stop")
+        yield server
+        server.cleanup()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
