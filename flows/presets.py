@@ -35,7 +35,7 @@ from flows.models import BatchReport, RunRequest, SourceOutcome, SourceRef, line
 from flows.pipeline import process_source
 from flows.recovery import close_orphaned_runs
 from flows.runner import batch_task_runner, worker_environment
-from flows.sources import already_published, list_sources
+from flows.sources import already_published, list_sources, rendered_already
 from puresound.report_html import render_report_html
 from puresound.resources import resources
 from puresound_core.audio import FFMPEG_VERSION
@@ -90,7 +90,12 @@ def _collect(futures: dict, preset: Preset, on_progress: ProgressCallback | None
 
 
 def _cancel_queued_on_stop(futures: list, finished: threading.Event, poll_s: float = 0.5) -> None:
-    """On a stop, cancel the files no worker has started (Dask workers never see the stop flag)."""
+    """On a stop, cancel every file's future that is not done (Dask workers never see the stop flag).
+
+    A queued file then never starts. A file already running is not interrupted here: in a
+    worker process it stops at its next block (the stop flag reaches it); a running Dask
+    future is only released on this side, and its worker finishes it unseen.
+    """
     while not finished.wait(poll_s):
         if stop_requested():
             for future in futures:
@@ -214,7 +219,12 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
                     on_done=_Progress(preset, len(refs), on_progress, progress_id))
                 outcomes.update(parted)
             if here and not stop_requested():
-                runner = batch_task_runner(settings.task_runner, workers or settings.workers, len(here),
+                kind = settings.task_runner
+                if kind == "process" and all(rendered_already(lineage, ref, preset, work_dir) for ref in here):
+                    # Cache lookups and copies only: starting worker processes would cost more than the work.
+                    kind = "thread"
+                    logger.info("every file's renditions are cached: threads, no worker processes")
+                runner = batch_task_runner(kind, workers or settings.workers, len(here),
                                            dask_address=settings.dask_address)
                 with worker_environment(runner), runner:
                     futures = {runner.submit(process_source, {"source": ref, "preset": preset, "output_dir": output,
@@ -235,7 +245,7 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
                              loudness_target=preset.loudness.model_dump(mode="json"))
         storage = shared.storage(output)
         payload = report.model_dump_json(indent=2).encode()
-        page = render_report_html(report.model_dump(mode="json")).encode()
+        page = render_report_html(report.model_dump(mode="json"), plot_cache_dir=Path(work_dir) / "plots").encode()
         html = storage.put_bytes(page, f"{preset.name}/runs/{report.flow_run_id or 'local'}.html")
         storage.put_bytes(payload, f"{preset.name}/runs/{report.flow_run_id or 'local'}.json")
         if part_of is None:  # a part's report is its batch's to aggregate, not the preset's latest

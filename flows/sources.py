@@ -78,3 +78,29 @@ def already_published(lineage: LineageStore, ref: SourceRef, preset: Preset) -> 
         sha256 = sha256_file(ref.local_path)  # in doubt: local bytes are cheap to hash, no download involved
     return sha256 is not None and lineage.published(sha256=sha256, preset_name=preset.name,
                                                     preset_version=preset.version)
+
+
+def rendered_already(lineage: LineageStore, ref: SourceRef, preset: Preset, work_dir: str) -> bool:
+    """Whether this source, as last seen, has its renditions of this preset cached in the work area.
+
+    Recognised without reading it: by URI + ETag (S3) or URI + size + mtime (local), as
+    recorded in lineage. A file rejected unread (``ref.problem``) needs no work either.
+
+    Parameters
+    ----------
+    lineage : LineageStore
+    ref : SourceRef
+    preset : Preset
+    work_dir : str
+
+    Returns
+    -------
+    bool
+        False when in doubt (unknown location, a rendition file or result record missing).
+    """
+    from tasks.audio import render_is_cached
+
+    if ref.problem is not None:
+        return True
+    sha256 = lineage.known_location(uri=ref.uri, etag=ref.etag)
+    return sha256 is not None and render_is_cached(work_dir, sha256, preset)

@@ -85,9 +85,48 @@ def rendition_work_path(work_dir: str, sha256: str, preset: Preset, rendition: R
             / f"{rendition.name}.{rendition.encoder.extension}")
 
 
+def render_cache_key(sha256: str, preset: Preset) -> str:
+    """Cache key of :func:`render` for a content and a preset (and this code version).
+
+    Parameters
+    ----------
+    sha256 : str
+        Source content hash.
+    preset : Preset
+
+    Returns
+    -------
+    str
+        Hex digest; also the name of the result record in Prefect's result storage.
+    """
+    return _digest("render", sha256, preset.name, preset.version, preset.fingerprint, CODE_VERSION)
+
+
 def _render_key(_: TaskRunContext, p: dict) -> str:
-    return _digest("render", p["sha256"], p["preset"].name, p["preset"].version, p["preset"].fingerprint,
-                   CODE_VERSION)
+    return render_cache_key(p["sha256"], p["preset"])
+
+
+def render_is_cached(work_dir: str, sha256: str, preset: Preset) -> bool:
+    """Whether :func:`render` of this content would be served from its cache, files included.
+
+    Call it inside a flow run: the result record is looked up in that run's result storage.
+
+    Parameters
+    ----------
+    work_dir : str
+    sha256 : str
+    preset : Preset
+
+    Returns
+    -------
+    bool
+        True when the result record exists and every rendition's file is in the work area.
+    """
+    from prefect.results import get_result_store
+
+    if not all(rendition_work_path(work_dir, sha256, preset, r).is_file() for r in preset.renditions):
+        return False
+    return get_result_store().update_for_task(render).exists(render_cache_key(sha256, preset))  # the task's own store
 
 
 @task(name="fingerprint", task_run_name=_named("fingerprint"))
@@ -223,7 +262,7 @@ def render(path: str, sha256: str, preset: Preset, analysis: AnalysisReport, wor
 
 def render_cached(path: str, sha256: str, preset: Preset, analysis: AnalysisReport, work_dir: str,
                   plans: list[RenditionPlan]) -> list[RenditionResult]:
-    """:func:`render`, refreshing the cache when a cached result's file no longer exists.
+    """:func:`render`, refreshing the cache when a cached result's files are not in this work area.
 
     With ``PURESOUND_ENCODE_CONCURRENCY_LIMIT`` naming a Prefect global concurrency limit, every
     render holds one of its slots (one source's renditions are encoded in one thread), which
@@ -249,6 +288,9 @@ def _render_or_refresh(path: str, sha256: str, preset: Preset, analysis: Analysi
         get_run_logger().warning("removed %d partial files left by a render that died: %s", len(removed),
                                  ", ".join(p.name for p in removed))
     results = render(path, sha256, preset, analysis, work_dir, plans)
-    if not all(Path(r.path).exists() for r in results):
+    # Rendered again when a file is gone, or when the cached result is another work area's (the
+    # key holds no paths: two work areas sharing Prefect's result storage share cache entries).
+    expected = [rendition_work_path(work_dir, sha256, preset, r) for r in preset.renditions]
+    if [Path(r.path) for r in results] != expected or not all(p.exists() for p in expected):
         results = render.with_options(refresh_cache=True)(path, sha256, preset, analysis, work_dir, plans)
     return results

@@ -83,15 +83,43 @@ def _task_run_states(flow_run_id: str, timeout_s: float = 30.0) -> dict[str, lis
     return states
 
 
-def test_second_run_does_no_audio_work_and_writes_nothing_new(puresound_env):
+def test_second_run_does_no_audio_work_and_writes_nothing_new(puresound_env, monkeypatch):
+    import flows.presets
+    from flows.runner import batch_task_runner
+
+    kinds = []  # records the runner each batch asked for; builds it unchanged
+    monkeypatch.setattr(flows.presets, "batch_task_runner", lambda kind, *a, **k: kinds.append(kind)
+                        or batch_task_runner(kind, *a, **k))
     out = puresound_env / "out"
-    assert run_cli("podcast", str(EXAMPLES), "--output", str(out)).exit_code == 0
+    assert run_cli("podcast", str(EXAMPLES), "--output", str(out), "--workers", "2").exit_code == 0
     first = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")}
-    assert run_cli("podcast", str(EXAMPLES), "--output", str(out)).exit_code == 0
+    assert run_cli("podcast", str(EXAMPLES), "--output", str(out), "--workers", "2").exit_code == 0
     states = _task_run_states(batch_report(out, "podcast")["flow_run_id"])
     for name in ("inspect", "plan", "render"):
         assert states[name] and set(states[name]) == {"Cached"}, (name, states[name])
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")} == first
+    # Nothing to render: no worker processes are started for the second run.
+    assert kinds == ["process", "thread"]
+    # A render removed from the work area: worker processes again, and the file is rendered again.
+    next((puresound_env / "state" / "renders").rglob("*.opus")).unlink()
+    assert run_cli("podcast", str(EXAMPLES), "--output", str(out), "--workers", "2").exit_code == 0
+    assert kinds == ["process", "thread", "process"]
+    states = _task_run_states(batch_report(out, "podcast")["flow_run_id"])
+    assert "Completed" in states["render"], states["render"]
+
+
+def test_another_work_area_renders_into_itself_not_from_the_first(puresound_env, monkeypatch, tmp_path):
+    # Both runs share Prefect's result storage (the session's), whose cache keys hold no paths.
+    source = str(EXAMPLES / "en-US_espeak-ng_news-bulletin.flac")
+    assert run_cli("voice", source, "--output", str(puresound_env / "out")).exit_code == 0
+    first = list((puresound_env / "state" / "renders").rglob("*.opus"))
+    monkeypatch.setenv("PURESOUND_STATE_DIR", str(tmp_path / "other-state"))
+    assert run_cli("voice", source, "--output", str(tmp_path / "out2")).exit_code == 0
+    second = list((tmp_path / "other-state" / "renders").rglob("*.opus"))
+    assert len(first) == len(second) == 1
+    first[0].unlink()  # the first area no longer holds anything the second depends on
+    published = next((tmp_path / "out2").rglob("*.opus"))
+    assert published.read_bytes() == second[0].read_bytes()
 
 
 def test_rendition_failing_verification_fails_the_run_and_names_the_file(puresound_env, monkeypatch):
