@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.utilities.annotations import quote
 
 from flows.models import RenditionSummary, SourceOutcome, SourceRef, display_name
 from flows.runner import content_lock
@@ -145,9 +146,9 @@ def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir:
     def finish_rejected(rules, analysis=None) -> SourceOutcome:
         outcome = _rejected(source, sha256, rules, started, analysis)
         extra = {"analysis": analysis.model_dump(mode="json")} if analysis is not None else {}
-        store_report({**report, **extra, "outcome": outcome.model_dump(mode="json")}, f"{folder}/report.json",
-                     output_dir)
-        record_lineage(database_url, source=source_row, analysis=extra.get("analysis"), renditions=[],
+        store_report(quote({**report, **extra, "outcome": outcome.model_dump(mode="json")}),
+                     f"{folder}/report.json", output_dir)
+        record_lineage(database_url, source=source_row, analysis=quote(extra.get("analysis")), renditions=[],
                        run_id=run_id, code_version=CODE_VERSION)
         _log_outcome(outcome)
         return outcome
@@ -161,11 +162,11 @@ def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir:
         problems = source_rules(preset, validation.probe)
         if problems:
             return finish_rejected(problems, analysis)
-        plans = plan(path, sha256, preset, analysis)
+        plans = plan(path, sha256, preset, quote(analysis))
         problems = plan_rules(preset, plans)
         if problems:
             return finish_rejected(problems, analysis)
-        results = render_cached(path, sha256, preset, analysis, work_dir, plans)
+        results = render_cached(path, sha256, preset, quote(analysis), work_dir, quote(plans))
         verified = all(r.verification.passed for r in results)
         summaries: list[RenditionSummary] = []
         lineage_rows: list[dict] = []
@@ -201,11 +202,11 @@ def process_source(source: SourceRef, preset: Preset, output_dir: str, work_dir:
             content_class=analysis.content.content_class, renditions=summaries, series_in=analysis.series,
             warnings=room_tone_warnings(preset, analysis) + [f"{s.name}: {s.retry_reason}" for s in summaries
                                                              if s.retry_reason])
-        store_report({**report, "analysis": analysis.model_dump(mode="json"),
-                      "plans": [p.model_dump(mode="json") for p in plans],
-                      "renditions": [r.model_dump(mode="json") for r in results],
-                      "outcome": outcome.model_dump(mode="json")}, f"{folder}/report.json", output_dir)
-        record_lineage(database_url, source=source_row, analysis=analysis.model_dump(mode="json"),
+        store_report(quote({**report, "analysis": analysis.model_dump(mode="json"),
+                            "plans": [p.model_dump(mode="json") for p in plans],
+                            "renditions": [r.model_dump(mode="json") for r in results],
+                            "outcome": outcome.model_dump(mode="json")}), f"{folder}/report.json", output_dir)
+        record_lineage(database_url, source=source_row, analysis=quote(analysis.model_dump(mode="json")),
                        renditions=lineage_rows, run_id=run_id, code_version=CODE_VERSION)
         outcome = outcome.model_copy(update={"seconds": time.perf_counter() - started})
         _log_outcome(outcome)
