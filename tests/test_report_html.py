@@ -238,6 +238,31 @@ def test_same_report_same_page_and_no_pyplot():
     assert done.returncode == 0, done.stderr
 
 
+def test_plots_are_drawn_once_and_read_back_for_the_same_series(tmp_path, monkeypatch):
+    import puresound.report_html as report_html
+
+    drawn = []
+    draw = report_html._loudness_plot_svg
+    monkeypatch.setattr(report_html, "_loudness_plot_svg", lambda *a, **k: drawn.append(1) or draw(*a, **k))
+    report = batch_report(mixed_sources())
+    plain = render_report_html(report)
+    assert len(drawn) == 2  # the two sources with series
+    first = render_report_html(report, plot_cache_dir=tmp_path / "plots")
+    second = render_report_html(report, plot_cache_dir=tmp_path / "plots")
+    assert first == second == plain and len(drawn) == 4  # the second page drew nothing
+    assert len(list((tmp_path / "plots").rglob("*.svg"))) == 2
+    # Other series, another target: drawn again.
+    report["sources"][0]["renditions"][0]["series"]["short_term_lufs"][-1] = -40.0
+    changed = render_report_html(report, plot_cache_dir=tmp_path / "plots")
+    assert len(drawn) == 5 and changed != plain
+    render_report_html(batch_report(mixed_sources(), target={**TARGET, "target_lufs": -23.0}),
+                       plot_cache_dir=tmp_path / "plots")
+    assert len(drawn) == 7
+    # A cache that cannot be written is no error: the page is drawn.
+    (tmp_path / "a-file").write_bytes(b"")
+    assert render_report_html(batch_report(mixed_sources()), plot_cache_dir=tmp_path / "a-file") == plain
+
+
 def test_write_report_html_is_atomic(tmp_path):
     report = batch_report(mixed_sources())
     dest = tmp_path / "podcast" / "report.html"
