@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.signal
 
 from .loudness import ABSOLUTE_GATE_LUFS, LOUDNESS_OFFSET_DB, RELATIVE_GATE_LU, channel_weights, k_weighting_sos
 from .processing import _ENVELOPE_HISTORY as _HISTORY
@@ -99,6 +98,7 @@ class LimiterLossModel:
             self._history = joined[:, -_HISTORY:]
             peak = oversampled_envelope(joined).max(axis=0).astype(np.float64)
         if self._sos is not None:
+            import scipy.signal  # on first use: a cached re-run never needs it
             block, self._zi = scipy.signal.sosfilt(self._sos, block, axis=1, zi=self._zi)
         self.add(self._weights @ np.square(block), peak)
 

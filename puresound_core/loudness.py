@@ -20,7 +20,6 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-import scipy.signal
 from pydantic import BaseModel, ConfigDict
 
 from .audio import check_audio
@@ -264,6 +263,7 @@ class LoudnessMeter:
         self._sample_peak = max(self._sample_peak, float(np.abs(block).max()))
         self._sum_squares += float(np.einsum("ij,ij->", block, block, dtype=np.float64))
         peak = self._true_peak.process(block, envelope=self._loss_model is not None)
+        import scipy.signal  # on first use: a cached re-run never needs it
         filtered, self._zi = scipy.signal.sosfilt(self._sos, block, axis=1, zi=self._zi)
         # BS.1770-4 eq. 1 summed per channel, then weighted by G_i (eq. 2).
         weighted = self._weights @ np.square(filtered)

@@ -23,8 +23,6 @@ from collections.abc import Iterable, Iterator
 
 import numba
 import numpy as np
-import scipy.ndimage
-import scipy.signal
 import soxr
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -274,6 +272,7 @@ class TruePeakLimiter:
         # envelope index i sits in [i - reach, i], so every such k must look at indices up to
         # k + lookahead + reach - 1: floor[k] = min(required[k .. k + delay]).
         span = self.delay + 1
+        import scipy.ndimage  # on first use: a cached re-run never needs it
         floor = scipy.ndimage.minimum_filter1d(self._required, size=span, origin=-(span // 2),
                                                mode="nearest")[:ready]
         followed = _release(floor, self._state, self._release_coefficient)
@@ -342,6 +341,7 @@ def highpass_sos(cutoff_hz: float, *, sample_rate_hz: int, order: int = 2) -> np
     -------
     np.ndarray [shape=(ceil(order / 2), 6)]
     """
+    import scipy.signal  # on first use: a cached re-run never needs it
     return scipy.signal.butter(order, cutoff_hz, btype="highpass", fs=sample_rate_hz, output="sos")
 
 
@@ -416,6 +416,7 @@ class ProcessingChain:
         if self._matrix is not None:
             x = self._matrix @ x  # BS.775-3 down-mix (or legacy); (out, in) @ (in, n)
         if self._sos is not None:
+            import scipy.signal  # on first use: a cached re-run never needs it
             x, self._zi = scipy.signal.sosfilt(self._sos, x, axis=1, zi=self._zi)
         if self._gain != 1.0:
             with np.errstate(over="ignore"):

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import inspect, text
 
 from puresound_core.errors import StorageError
-from puresound_core.lineage import LineageStore, head_revision
+from puresound_core.lineage import HEAD_REVISION, LineageStore, head_revision
 from puresound_core.storage import LocalStorage, sha256_file
 
 
@@ -94,7 +94,7 @@ def test_schema_is_versioned_and_migration_is_repeatable(tmp_path):
     store = _store(tmp_path)  # second open: nothing to apply, nothing broken
     with store.engine.connect() as connection:
         revisions = [row[0] for row in connection.execute(text("SELECT version_num FROM alembic_version"))]
-    assert revisions == [head_revision()] == [store.schema_version]
+    assert revisions == [head_revision()] == [store.schema_version] == [HEAD_REVISION]  # the constant is current
 
 
 def test_a_database_from_before_alembic_is_upgraded_in_place(tmp_path):
