@@ -164,8 +164,8 @@ def _plain_label(text: str) -> str:
     return "\u200b" + text if text.startswith("_") else text
 
 
-def _loudness_plot_svg(source: dict, target: dict, *, index: int, title: str) -> str:
-    """The loudness-over-time plot of one source as an ``<svg>`` element for inlining in HTML.
+def _loudness_plot_svg(source: dict, target: dict) -> str:
+    """The loudness-over-time plot of one source, drawn by matplotlib as an SVG document.
 
     Parameters
     ----------
@@ -174,10 +174,6 @@ def _loudness_plot_svg(source: dict, target: dict, *, index: int, title: str) ->
     target : dict
         The preset's ``LoudnessTarget`` as JSON (``target_lufs``, ``tolerance_lu``,
         ``ceiling_dbtp``; any may be ``None`` or absent).
-    index : int
-        Position of the plot in the page: prefixes the SVG's ids, unique in the document.
-    title : str
-        Accessible name of the image (not drawn).
 
     Returns
     -------
@@ -276,18 +272,26 @@ def _cached_plot_svg(source: dict, target: dict, *, index: int, title: str, cach
     """
     path = None
     if cache_dir is not None:
-        key = _plot_key(source, target)
-        path = Path(cache_dir) / key[:2] / f"{key}.svg"
         try:
-            return _inline_svg(path.read_text(encoding="utf-8"), id_prefix=f"plot{index}-", title=title)
+            key = _plot_key(source, target)
+        except OSError:  # this module's source is not readable (a bytecode-only install): no cache
+            key = None
+        path = None if key is None else Path(cache_dir) / key[:2] / f"{key}.svg"
+        try:
+            kept = path.read_text(encoding="utf-8") if path is not None else ""
+            if kept.rstrip().endswith("</svg>"):  # anything else (cut short, emptied) is drawn again
+                return _inline_svg(kept, id_prefix=f"plot{index}-", title=title)
         except (OSError, UnicodeDecodeError):
             pass
-    svg = _loudness_plot_svg(source, target, index=index, title=title)
+    svg = _loudness_plot_svg(source, target)
     if path is not None:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(svg, encoding="utf-8")
+            with open(tmp, "x", encoding="utf-8") as handle:
+                handle.write(svg)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(tmp, path)
         except OSError:
             with contextlib.suppress(OSError):
@@ -439,8 +443,9 @@ def render_report_html(report: dict, *, plot_cache_dir: str | os.PathLike | None
         ``report.json``). Missing optional keys are shown as empty.
     plot_cache_dir : str or os.PathLike, optional
         Folder keeping each plot's drawing under the SHA-256 of what it draws (and of the
-        drawing code): a page showing the same series again (a re-run) reads it instead of
-        drawing it. The page is the same either way.
+        drawing code and matplotlib version): a page showing the same series again (a re-run)
+        reads it instead of drawing it, and the page is the same. Fonts and ``matplotlibrc``
+        are not in the key: after changing them, empty the folder.
 
     Returns
     -------

@@ -120,13 +120,21 @@ def render_is_cached(work_dir: str, sha256: str, preset: Preset) -> bool:
     Returns
     -------
     bool
-        True when the result record exists and every rendition's file is in the work area.
+        True when the result record exists, names this work area's files and they exist
+        (False under ``PREFECT_TASKS_REFRESH_CACHE``).
     """
     from prefect.results import get_result_store
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 
-    if not all(rendition_work_path(work_dir, sha256, preset, r).is_file() for r in preset.renditions):
+    expected = [rendition_work_path(work_dir, sha256, preset, r) for r in preset.renditions]
+    if PREFECT_TASKS_REFRESH_CACHE.value() or not all(p.is_file() for p in expected):
         return False
-    return get_result_store().update_for_task(render).exists(render_cache_key(sha256, preset))  # the task's own store
+    store = get_result_store().update_for_task(render)  # the task's own store
+    try:
+        record = store.read(render_cache_key(sha256, preset))
+    except Exception:  # noqa: BLE001 - no record, or one that cannot be read: the task will find out
+        return False
+    return [Path(r.path) for r in record.result] == expected  # another work area's record is rendered again
 
 
 @task(name="fingerprint", task_run_name=_named("fingerprint"))
@@ -268,7 +276,8 @@ def render_cached(path: str, sha256: str, preset: Preset, analysis: AnalysisRepo
     render holds one of its slots (one source's renditions are encoded in one thread), which
     caps encoding across all runs and workers.
 
-    Parameters and return value are those of :func:`render`.
+    Parameters and return value are those of :func:`render`; ``analysis`` and ``plans`` may
+    come wrapped in Prefect's ``quote`` (passed on as they are; the task unwraps them).
     """
     limit = resources().settings.encode_concurrency_limit
     if limit:

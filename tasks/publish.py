@@ -13,12 +13,14 @@ from pathlib import Path
 
 from prefect import task
 from prefect.assets import Asset, materialize
+from prefect.cache_policies import NO_CACHE
 
 from puresound.resources import resources
 from puresound_core.lineage import LineageStore
 from puresound_core.storage import StoredObject
 
 #: Storage / network tasks: retried with backoff and jitter.
+#: Side-effect tasks take no cache policy (NO_CACHE): nothing to reuse, and no hashing of large inputs.
 _IO_RETRIES = {"retries": 3, "retry_delay_seconds": [1, 2, 4], "retry_jitter_factor": 0.5}
 _MAX_ASSET_KEY = 512
 
@@ -105,7 +107,7 @@ def store_rendition_as_asset(local_path: str, key: str, output_dir: str, sha256:
     return task_with_assets(local_path, key, output_dir, sha256)
 
 
-@task(name="store-report", **_IO_RETRIES)
+@task(name="store-report", cache_policy=NO_CACHE, **_IO_RETRIES)
 def store_report(report: dict, key: str, output_dir: str) -> StoredObject:
     """Publish a JSON report atomically.
 
@@ -129,7 +131,7 @@ def store_report(report: dict, key: str, output_dir: str) -> StoredObject:
     return resources().storage(output_dir).put_bytes(data, key)
 
 
-@task(name="record-lineage", **_IO_RETRIES)
+@task(name="record-lineage", cache_policy=NO_CACHE, **_IO_RETRIES)
 def record_lineage(database_url: str, *, source: dict, analysis: dict | None, renditions: list[dict],
                    run_id: int, code_version: str) -> None:
     """Write the source, its analysis and its renditions to the lineage database.

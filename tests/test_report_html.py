@@ -239,7 +239,7 @@ def test_same_report_same_page_and_no_pyplot():
 
 
 def test_plots_are_drawn_once_and_read_back_for_the_same_series(tmp_path, monkeypatch):
-    import puresound.report_html as report_html
+    from puresound import report_html
 
     drawn = []
     draw = report_html._loudness_plot_svg
@@ -250,7 +250,11 @@ def test_plots_are_drawn_once_and_read_back_for_the_same_series(tmp_path, monkey
     first = render_report_html(report, plot_cache_dir=tmp_path / "plots")
     second = render_report_html(report, plot_cache_dir=tmp_path / "plots")
     assert first == second == plain and len(drawn) == 4  # the second page drew nothing
-    assert len(list((tmp_path / "plots").rglob("*.svg"))) == 2
+    kept = sorted((tmp_path / "plots").rglob("*.svg"))
+    assert len(kept) == 2
+    kept[0].write_text("")  # a drawing cut short (say, by a full disk) is drawn again, never shown
+    assert render_report_html(report, plot_cache_dir=tmp_path / "plots") == plain and len(drawn) == 5
+    drawn.pop()
     # Other series, another target: drawn again.
     report["sources"][0]["renditions"][0]["series"]["short_term_lufs"][-1] = -40.0
     changed = render_report_html(report, plot_cache_dir=tmp_path / "plots")
