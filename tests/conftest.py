@@ -82,8 +82,11 @@ def corpus(tmp_path_factory) -> Path:
             continue
         (copy / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, copy / relative)
-    _first_seconds(CORPUS / LONGFORM, copy / LONGFORM.with_name(f"{LONGFORM.stem}_first{LONGFORM_CUT_S}s.ogg"),
-                   LONGFORM_CUT_S)
+    cut = copy / LONGFORM.with_name(f"{LONGFORM.stem}_first{LONGFORM_CUT_S}s.ogg")
+    _first_seconds(CORPUS / LONGFORM, cut, LONGFORM_CUT_S)
+    from puresound_core.audio import probe
+
+    assert LONGFORM_CUT_S <= probe(cut).declared_duration_s <= LONGFORM_CUT_S + 1, probe(cut)  # the cut did cut
     return copy
 
 

@@ -45,9 +45,18 @@ def test_a_native_crash_is_rule_decodable_naming_the_signal(speech_wav):
 
 
 def test_the_pyav_planar_8_channel_crash_is_contained(speech_wav):
-    # The real PyAV 18 bug (AudioFrame.planes on 8-channel planar audio), run in the child.
-    report = isolation._validate_isolated(speech_wav, None, timeout_s=10, memory_limit_bytes=None,
-                                          fault="pyav_planar_8ch")
+    # The real PyAV 18 bug (AudioFrame.planes on 8-channel planar audio), run in the child. It
+    # reads out of bounds: in a fresh process it always faulted here, but a child forked from a
+    # forkserver that earlier tests used once read mapped memory and went on (seen in one CI run).
+    for _ in range(3):
+        report = isolation._validate_isolated(speech_wav, None, timeout_s=10, memory_limit_bytes=None,
+                                              fault="pyav_planar_8ch")
+        if report.failed_rules:
+            break
+        assert report.passed  # no fault this time: the file's own verdict
+    else:
+        pytest.skip("the out-of-bounds read did not fault in 3 children (heap layout); "
+                    "test_a_native_crash_is_rule_decodable_naming_the_signal covers containment")
     assert report.failed_rules == ["decodable"] and "SIGSEGV" in report.failures[0].message
 
 
