@@ -1,0 +1,82 @@
+"""Issue 8's re-run and worker-scaling bars alone, with the CPU each side used.
+
+Run by hand, on an otherwise idle machine::
+
+    .venv/bin/python benchmarks/bench_rerun.py [--files N]
+
+Against one temporary Prefect server it times (d) ``puresound run podcast`` over the corpus'
+N longest music and speech files (cold caches), (e) the same batch again into a new output
+folder and (e') into the same one, then (f) the one-rendition MP3 preset of
+``bench_peers.py`` over 10 three-minute speech pieces with 1 and with 2 workers. Beside each
+wall time: the CPU seconds of the ``puresound`` process tree and of the Prefect server.
+``bench_peers.py`` runs the same (d), (e) and (f) beside the peers; this one is quicker to
+repeat while working on them.
+
+Bars (issue 8): (e) <= 5 % of (d); 2 workers >= 1.8x the throughput of 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_peers as peers  # noqa: E402
+
+
+def _server_cpu_s() -> float:
+    return sum(sum(child.cpu_times()[:2]) for child in psutil.Process().children(recursive=True))
+
+
+def _timed(fn) -> tuple[float, float, float]:
+    """(wall s, CPU s of finished child processes, CPU s of the still-running server) of ``fn()``."""
+    before, server = resource.getrusage(resource.RUSAGE_CHILDREN), _server_cpu_s()
+    started = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cli = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return wall, cli, _server_cpu_s() - server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=16, help="the N longest corpus files for (d) and (e)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="puresound-rerun-"))
+    (work / "presets").mkdir()
+    (work / "presets" / "mp3only.yaml").write_text(peers.MP3_PRESET)
+    files = peers.corpus_files(args.files)
+    ten = peers.speech_chunks(work / "chunks", count=10, seconds=180)
+    from puresound.embedded import embedded_server
+
+    rows = []
+    with embedded_server(startup_timeout_s=180) as api_url:
+        env = {**os.environ, "PREFECT_API_URL": api_url, "PURESOUND_PRESETS_DIR": str(work / "presets")}
+        state = work / "state-d"
+        for name, out in (("(d) podcast, cold", "out-d"), ("(e) podcast again, new output folder", "out-e"),
+                          ("(e') podcast again, same output folder", "out-d")):
+            rows.append((name, *_timed(lambda out=out: peers.puresound_run("podcast", files, state, work / out,
+                                                                            env, 2))))
+        for workers in (1, 2):
+            rows.append((f"(f) MP3 preset, 10 x 3 min, {workers} worker(s)", *_timed(
+                lambda w=workers: peers.puresound_run("mp3only", ten, work / f"state-f{w}", work / f"out-f{w}",
+                                                      env, w))))
+    print(f"\n{len(files)} files for (d)/(e); work in {work}")
+    print(f"{'run':44} {'wall s':>8} {'CLI tree CPU s':>15} {'server CPU s':>13}")
+    for name, wall, cli, server in rows:
+        print(f"{name:44} {wall:8.1f} {cli:15.1f} {server:13.1f}")
+    print(f"\n(e) / (d) = {100 * rows[1][1] / rows[0][1]:.1f} % (bar <= 5 %); "
+          f"(e') / (d) = {100 * rows[2][1] / rows[0][1]:.1f} %; "
+          f"2 vs 1 worker throughput = {rows[3][1] / rows[4][1]:.2f}x (bar >= 1.8)")
+
+
+if __name__ == "__main__":
+    main()
