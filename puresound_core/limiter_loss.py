@@ -70,6 +70,9 @@ class LimiterLossModel:
         self.sample_rate_hz = int(sample_rate_hz)
         self.chunk = max(1, round(lookahead_ms * 1e-3 * sample_rate_hz))
         self._weights = channel_weights(channels, layout, dual_mono=dual_mono)
+        import scipy.signal  # imported when a meter or chain is built, not at import: a cached re-run builds none
+
+        self._sosfilt = scipy.signal.sosfilt
         self._sos = k_weighting_sos(sample_rate_hz) if k_weighted else None
         self._zi = np.zeros((self._sos.shape[0], channels, 2)) if self._sos is not None else None
         self._history = np.zeros((channels, _HISTORY), dtype=np.float32)
@@ -98,8 +101,7 @@ class LimiterLossModel:
             self._history = joined[:, -_HISTORY:]
             peak = oversampled_envelope(joined).max(axis=0).astype(np.float64)
         if self._sos is not None:
-            import scipy.signal  # on first use: a cached re-run never needs it
-            block, self._zi = scipy.signal.sosfilt(self._sos, block, axis=1, zi=self._zi)
+            block, self._zi = self._sosfilt(self._sos, block, axis=1, zi=self._zi)
         self.add(self._weights @ np.square(block), peak)
 
     def add(self, energy: np.ndarray, peak: np.ndarray) -> None:

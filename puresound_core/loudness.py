@@ -229,6 +229,9 @@ class LoudnessMeter:
         self.sample_rate_hz = int(sample_rate_hz)
         self.channels = int(channels)
         self._weights = channel_weights(channels, layout, dual_mono=dual_mono)
+        import scipy.signal  # imported when a meter or chain is built, not at import: a cached re-run builds none
+
+        self._sosfilt = scipy.signal.sosfilt
         self._sos = k_weighting_sos(sample_rate_hz)
         self._zi = np.zeros((self._sos.shape[0], channels, 2))
         self._samples = 0
@@ -263,8 +266,7 @@ class LoudnessMeter:
         self._sample_peak = max(self._sample_peak, float(np.abs(block).max()))
         self._sum_squares += float(np.einsum("ij,ij->", block, block, dtype=np.float64))
         peak = self._true_peak.process(block, envelope=self._loss_model is not None)
-        import scipy.signal  # on first use: a cached re-run never needs it
-        filtered, self._zi = scipy.signal.sosfilt(self._sos, block, axis=1, zi=self._zi)
+        filtered, self._zi = self._sosfilt(self._sos, block, axis=1, zi=self._zi)
         # BS.1770-4 eq. 1 summed per channel, then weighted by G_i (eq. 2).
         weighted = self._weights @ np.square(filtered)
         if self._loss_model is not None:

@@ -234,6 +234,9 @@ class TruePeakLimiter:
         self._queue = np.zeros((channels, 0), dtype=np.float32)
         self._required = np.zeros(0, dtype=np.float64)
         self._state = 1.0
+        import scipy.ndimage  # imported when a meter or chain is built, not at import: a cached re-run builds none
+
+        self._minimum_filter1d = scipy.ndimage.minimum_filter1d
         self._box_tail: np.ndarray | None = None  # last lookahead - 1 follower values
         self.samples_out = 0
         self.samples_limited = 0
@@ -272,9 +275,8 @@ class TruePeakLimiter:
         # envelope index i sits in [i - reach, i], so every such k must look at indices up to
         # k + lookahead + reach - 1: floor[k] = min(required[k .. k + delay]).
         span = self.delay + 1
-        import scipy.ndimage  # on first use: a cached re-run never needs it
-        floor = scipy.ndimage.minimum_filter1d(self._required, size=span, origin=-(span // 2),
-                                               mode="nearest")[:ready]
+        floor = self._minimum_filter1d(self._required, size=span, origin=-(span // 2),
+                                       mode="nearest")[:ready]
         followed = _release(floor, self._state, self._release_coefficient)
         self._state = float(followed[-1])
         if self._box_tail is None:
@@ -341,7 +343,8 @@ def highpass_sos(cutoff_hz: float, *, sample_rate_hz: int, order: int = 2) -> np
     -------
     np.ndarray [shape=(ceil(order / 2), 6)]
     """
-    import scipy.signal  # on first use: a cached re-run never needs it
+    import scipy.signal  # imported on use, not at import: a cached re-run never filters
+
     return scipy.signal.butter(order, cutoff_hz, btype="highpass", fs=sample_rate_hz, output="sos")
 
 
@@ -375,6 +378,9 @@ class ProcessingChain:
     def __init__(self, *, sample_rate_hz: int, plan: ProcessingPlan, loss_model=None):
         self.plan = plan
         self._out_channels = plan.output_channels
+        import scipy.signal  # imported when a meter or chain is built, not at import: a cached re-run builds none
+
+        self._sosfilt = scipy.signal.sosfilt
         self._sos = None
         self._zi = None
         self._resampler = None
@@ -416,8 +422,7 @@ class ProcessingChain:
         if self._matrix is not None:
             x = self._matrix @ x  # BS.775-3 down-mix (or legacy); (out, in) @ (in, n)
         if self._sos is not None:
-            import scipy.signal  # on first use: a cached re-run never needs it
-            x, self._zi = scipy.signal.sosfilt(self._sos, x, axis=1, zi=self._zi)
+            x, self._zi = self._sosfilt(self._sos, x, axis=1, zi=self._zi)
         if self._gain != 1.0:
             with np.errstate(over="ignore"):
                 x = (x * self._gain).astype(np.float32)
