@@ -16,7 +16,7 @@ still running at deadline   ``decode_timeout``   names the deadline; the child i
 ==========================  ===================  =============================================
 
 Children are forked from a ``multiprocessing`` *forkserver* that has already imported
-:mod:`puresound_core.validation` (numpy, PyAV, pydantic), so a file costs a fork plus a
+every module a child needs (:data:`PRELOAD_MODULES`), so a file costs a fork plus a
 few pickles, not an interpreter start: about 7 ms per file on a 2-core machine (a
 validated one-sample WAV: 9 ms isolated against 2 ms in-process), against ~0.5 s for a
 fresh interpreter importing numpy and PyAV. Plain ``fork`` is never used (callers run in thread pools, e.g.
@@ -195,6 +195,17 @@ class _IsolatedProcess(multiprocessing.get_context("forkserver").Process):
         return _NoMainPopen(process_obj)
 
 
+#: Imported once by the forkserver, so that no child imports them again. The analysis
+#: imports scipy.signal on first use, librosa attaches its submodules lazily (with numba's
+#: typing modules, ~1000 modules in all) and PyAV its subtitle module on the first open:
+#: forked without them, each file's child imported them again. Inspecting a 3-minute 8 kHz
+#: speech WAV took 4.1-4.9 s, and 0.7-0.8 s with them preloaded (2-core machine; the
+#: forkserver's own start, once per process, takes ~5 s either way).
+#: ``test_the_forkserver_preloads_every_module_an_inspection_imports`` keeps it complete.
+PRELOAD_MODULES = ("puresound_core.isolation", "puresound_core.analysis", "scipy.signal", "av.subtitles.stream",
+                   "librosa.core.audio", "librosa.core.spectrum", "librosa.filters", "librosa.feature.rhythm",
+                   "librosa.feature.spectral", "librosa.onset")
+
 _setup_lock = threading.Lock()
 _setup_done = False
 
@@ -206,7 +217,7 @@ def _context() -> multiprocessing.context.BaseContext:
     with _setup_lock:
         if not _setup_done:
             # Only takes effect if no forkserver is running yet in this process.
-            ctx.set_forkserver_preload(["puresound_core.isolation", "puresound_core.analysis"])
+            ctx.set_forkserver_preload(list(PRELOAD_MODULES))
             _setup_done = True
     return ctx
 

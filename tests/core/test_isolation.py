@@ -14,7 +14,7 @@ from puresound_core import isolation
 from puresound_core.errors import InvalidAudioError
 from puresound_core.isolation import probe_isolated, validate_isolated
 from puresound_core.validation import ValidationLimits, validate_file
-from tests.conftest import pink_noise, write_wav
+from tests.conftest import CORPUS, pink_noise, write_wav
 
 
 def _distinct_channels(channels: int, sample_rate_hz: int = 48000, duration_s: float = 1.0) -> np.ndarray:
@@ -155,3 +155,22 @@ def test_inspection_validates_and_analyses_in_one_isolated_decode(tmp_path):
     write_wav(nan, audio, 48000, subtype="FLOAT")
     result = inspect_file(nan)
     assert result.analysis is None and "finite_samples" in result.validation.failed_rules
+
+
+def test_the_forkserver_preloads_every_module_an_inspection_imports():
+    # The forkserver ignores a preload that fails to import, and a module the analysis imports
+    # on first use is imported again by every file's child (~2 s of each file's inspection).
+    jingle = CORPUS / "music" / "drascula__track12_9s_jingle.ogg"  # music: the tempo estimator runs too
+    if not jingle.is_file():
+        pytest.skip(f"shared corpus not found at {CORPUS}")
+    code = ("import importlib, sys\n"
+            "from puresound_core.isolation import PRELOAD_MODULES\n"
+            "for name in PRELOAD_MODULES: importlib.import_module(name)\n"
+            "before = set(sys.modules)\n"
+            "from puresound_core.analysis import inspect_file\n"
+            f"inspection = inspect_file({str(jingle)!r})\n"
+            "assert inspection.analysis.content.tempo_bpm is not None\n"
+            "print(sorted(set(sys.modules) - before))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
