@@ -9,6 +9,12 @@ N longest music and speech files (cold caches), (e) the same batch again into a 
 folder and (e') into the same one, then (f) the one-rendition MP3 preset of
 ``bench_peers.py`` over 10 three-minute speech pieces with 1 and with 2 workers. Beside each
 wall time: the CPU seconds of the ``puresound`` process tree and of the Prefect server.
+
+What two cores can give at all, on the same 10 pieces in 1 and 2 processes of a plain
+``ProcessPoolExecutor`` (the server idle): (g) the core calls of that preset with no Prefect
+(inspect in an isolated child, plan, render + verify) and (h) the bare PyAV transcode of
+``bench_peers.py``, in spawned processes with one native-library thread each, as Pure Sound's
+workers run. Their 2-vs-1 ratios are this machine's ceiling for (f)'s.
 ``bench_peers.py`` runs the same (d), (e) and (f) beside the peers; this one is quicker to
 repeat while working on them.
 
@@ -18,11 +24,13 @@ Bars (issue 8): (e) <= 5 % of (d); 2 workers >= 1.8x the throughput of 1.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -44,6 +52,38 @@ def _timed(fn) -> tuple[float, float, float]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cli = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return wall, cli, _server_cpu_s() - server
+
+
+def core_calls(job: tuple[str, str]) -> list[str]:
+    """The per-file core calls of the MP3 preset with no Prefect: inspect (isolated), plan, render + verify."""
+    from puresound_core.isolation import inspect_isolated
+    from puresound_core.policy import render_preset, rendition_plans
+    from puresound_core.presets import load_preset_file
+
+    source, out_dir = job
+    preset = load_preset_file(Path(out_dir).parent / "presets" / "mp3only.yaml")
+    inspection = inspect_isolated(source, preset.validation)
+    plans = rendition_plans(preset, source, inspection.analysis)
+    outs = [Path(out_dir) / f"{Path(source).stem}.{r.encoder.extension}" for r in preset.renditions]
+    results = render_preset(preset, source, inspection.analysis, plans, outs)
+    assert all(r.verification.passed for r in results), source
+    return [str(o) for o in outs]
+
+
+def pool_run(fn, files: list[Path], out_dir: Path, workers: int) -> None:
+    """``fn`` over ``files`` in ``workers`` spawned processes with one native-library thread each, as
+    ``flows.runner`` starts Pure Sound's workers (else two BLAS pools oversubscribe two cores)."""
+    from flows.runner import WORKER_THREAD_VARIABLES
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = {name: os.environ.get(name) for name in WORKER_THREAD_VARIABLES}
+    os.environ.update({name: "1" for name in WORKER_THREAD_VARIABLES})
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(fn, [(str(f), str(out_dir)) for f in files]))
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name) if value is None else os.environ.update({name: value})
 
 
 def main() -> None:
@@ -69,6 +109,10 @@ def main() -> None:
             rows.append((f"(f) MP3 preset, 10 x 3 min, {workers} worker(s)", *_timed(
                 lambda w=workers: peers.puresound_run("mp3only", ten, work / f"state-f{w}", work / f"out-f{w}",
                                                       env, w))))
+        for label, fn in (("(g) core calls, no Prefect", core_calls), ("(h) bare transcode", peers.bare_transcode)):
+            for workers in (1, 2):
+                rows.append((f"{label}, {workers} process(es)", *_timed(
+                    lambda w=workers, fn=fn, label=label: pool_run(fn, ten, work / f"{label[1]}{w}", w))))
     print(f"\n{len(files)} files for (d)/(e); work in {work}")
     print(f"{'run':44} {'wall s':>8} {'CLI tree CPU s':>15} {'server CPU s':>13}")
     for name, wall, cli, server in rows:
@@ -76,6 +120,8 @@ def main() -> None:
     print(f"\n(e) / (d) = {100 * rows[1][1] / rows[0][1]:.1f} % (bar <= 5 %); "
           f"(e') / (d) = {100 * rows[2][1] / rows[0][1]:.1f} %; "
           f"2 vs 1 worker throughput = {rows[3][1] / rows[4][1]:.2f}x (bar >= 1.8)")
+    print(f"this machine's ceiling: core calls {rows[5][1] / rows[6][1]:.2f}x, "
+          f"bare transcode {rows[7][1] / rows[8][1]:.2f}x in 2 vs 1 processes")
 
 
 if __name__ == "__main__":
