@@ -223,7 +223,7 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
                 if kind == "process" and all(rendered_already(lineage, ref, preset, work_dir) for ref in here):
                     # Cache lookups and copies only: starting worker processes would cost more than the work.
                     kind = "thread"
-                    logger.info("every file's renditions are cached: threads, no worker processes")
+                    logger.info("every file is rendered or rejected already: threads, no worker processes")
                 runner = batch_task_runner(kind, workers or settings.workers, len(here),
                                            dask_address=settings.dask_address)
                 with worker_environment(runner), runner:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from flows.models import SourceRef
+from flows.models import SourceRef, display_name
 from puresound_core.lineage import LineageStore
 from puresound_core.presets import Preset
 from puresound_core.storage import sha256_file
@@ -81,7 +82,8 @@ def already_published(lineage: LineageStore, ref: SourceRef, preset: Preset) -> 
 
 
 def rendered_already(lineage: LineageStore, ref: SourceRef, preset: Preset, work_dir: str) -> bool:
-    """Whether this source, as last seen, has its renditions of this preset cached in the work area.
+    """Whether this source, as last seen, needs no audio work: its renditions of this preset are
+    cached in the work area, or its cached verdicts reject it.
 
     Recognised without reading it: by URI + ETag (S3) or URI + size + mtime (local), as
     recorded in lineage. A file rejected unread (``ref.problem``) needs no work either.
@@ -98,9 +100,36 @@ def rendered_already(lineage: LineageStore, ref: SourceRef, preset: Preset, work
     bool
         False when in doubt (unknown location, a rendition file or result record missing).
     """
-    from tasks.audio import render_is_cached
+    from tasks.audio import rejection_is_cached, render_is_cached
 
     if ref.problem is not None:
         return True
     sha256 = lineage.known_location(uri=ref.uri, etag=ref.etag)
-    return sha256 is not None and render_is_cached(work_dir, sha256, preset)
+    return sha256 is not None and (render_is_cached(work_dir, sha256, preset)
+                                   or rejection_is_cached(sha256, inspected_name(ref), preset))
+
+
+def inspected_name(ref: SourceRef) -> str:
+    """The file name the per-file pipeline inspects a source under (it enters the inspect and plan cache keys).
+
+    Parameters
+    ----------
+    ref : SourceRef
+
+    Returns
+    -------
+    str
+        A local file's own name, or its display form when the name is not valid UTF-8
+        (:func:`flows.pipeline.readable_alias`); for an S3 object, the safe local name its
+        download gets (:func:`puresound_core.storage.s3.safe_local_name`).
+    """
+    if ref.local_path is None:
+        from puresound_core.storage.s3 import parse_s3_uri, safe_local_name
+
+        return safe_local_name(parse_s3_uri(ref.uri)[1])
+    name = os.path.basename(ref.local_path)
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return display_name(name)

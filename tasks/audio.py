@@ -23,7 +23,7 @@ from puresound_core.analysis import AnalysisReport, Inspection
 from puresound_core.audio import FFMPEG_VERSION
 from puresound_core.errors import PureSoundError
 from puresound_core.isolation import inspect_isolated, is_transient_failure
-from puresound_core.policy import render_preset, rendition_plans
+from puresound_core.policy import plan_rules, render_preset, rendition_plans, source_rules
 from puresound_core.presets import Preset, Rendition
 from puresound_core.render import RenditionPlan, RenditionResult, remove_abandoned_attempts
 from puresound_core.storage import sha256_file
@@ -60,9 +60,28 @@ def _named(step: str):
     return name
 
 
+def inspect_cache_key(sha256: str, file_name: str, limits: ValidationLimits) -> str:
+    """Cache key of :func:`inspect` (also the name of its result record).
+
+    Parameters
+    ----------
+    sha256 : str
+        Source content hash.
+    file_name : str
+        The name the file is inspected under: the report's messages name it, so the same
+        content under another name is its own entry.
+    limits : ValidationLimits
+
+    Returns
+    -------
+    str
+        Hex digest, with this code version in it.
+    """
+    return _digest("inspect", sha256, file_name, limits.model_dump_json(), CODE_VERSION)
+
+
 def _inspect_key(_: TaskRunContext, p: dict) -> str:
-    # The report's messages name the file: the same content under another name is its own entry.
-    return _digest("inspect", p["sha256"], Path(p["path"]).name, p["limits"].model_dump_json(), CODE_VERSION)
+    return inspect_cache_key(p["sha256"], Path(p["path"]).name, p["limits"])
 
 
 def rendition_work_path(work_dir: str, sha256: str, preset: Preset, rendition: Rendition) -> Path:
@@ -206,9 +225,62 @@ def inspect(path: str, sha256: str, limits: ValidationLimits) -> Inspection:
     return result
 
 
+def plan_cache_key(sha256: str, file_name: str, preset: Preset) -> str:
+    """Cache key of :func:`plan` (also the name of its result record); plan problems name the file.
+
+    Parameters
+    ----------
+    sha256 : str
+    file_name : str
+    preset : Preset
+
+    Returns
+    -------
+    str
+    """
+    return _digest("plan", sha256, file_name, preset.name, preset.version, preset.fingerprint, CODE_VERSION)
+
+
 def _plan_key(_: TaskRunContext, p: dict) -> str:
-    return _digest("plan", p["sha256"], Path(p["path"]).name, p["preset"].name, p["preset"].version,
-                   p["preset"].fingerprint, CODE_VERSION)  # plan problems name the file
+    return plan_cache_key(p["sha256"], Path(p["path"]).name, p["preset"])
+
+
+def rejection_is_cached(sha256: str, file_name: str, preset: Preset) -> bool:
+    """Whether the pipeline would reject this content from cached verdicts alone, with no audio work.
+
+    That is: :func:`inspect`'s cached report fails a validation rule, or its probe fails
+    :func:`~puresound_core.policy.source_rules`, or :func:`plan`'s cached plans fail
+    :func:`~puresound_core.policy.plan_rules`. Call it inside a flow run: the records are
+    looked up in that run's result storage.
+
+    Parameters
+    ----------
+    sha256 : str
+    file_name : str
+        The name the pipeline inspects the file under (:func:`inspect_cache_key`).
+    preset : Preset
+
+    Returns
+    -------
+    bool
+        False when in doubt (a record missing or unreadable, ``PREFECT_TASKS_REFRESH_CACHE``)
+        and when the file would be rendered.
+    """
+    from prefect.results import get_result_store
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
+
+    if PREFECT_TASKS_REFRESH_CACHE.value():
+        return False
+    try:
+        inspection = get_result_store().update_for_task(inspect).read(
+            inspect_cache_key(sha256, file_name, preset.validation)).result
+        validation = inspection.validation
+        if not validation.passed or source_rules(preset, validation.probe):
+            return True
+        plans = get_result_store().update_for_task(plan).read(plan_cache_key(sha256, file_name, preset)).result
+    except Exception:  # noqa: BLE001 - no record, or one that cannot be read: the tasks will find out
+        return False
+    return bool(plan_rules(preset, plans))
 
 
 @task(name="plan-renditions", task_run_name=_named("plan"), cache_key_fn=_plan_key, persist_result=True)

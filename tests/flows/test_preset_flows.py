@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from puresound.cli import app
 from puresound_core.audio import decode
-from tests.conftest import pink_noise, write_wav
+from tests.conftest import pink_noise, sine, write_wav
 from tests.flows.helpers import add_user_preset, batch_report, run_cli, runner
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -90,19 +91,30 @@ def test_second_run_does_no_audio_work_and_writes_nothing_new(puresound_env, mon
     kinds = []  # records the runner each batch asked for; builds it unchanged
     monkeypatch.setattr(flows.presets, "batch_task_runner", lambda kind, *a, **k: kinds.append(kind)
                         or batch_task_runner(kind, *a, **k))
+    src = puresound_env / "in"
+    shutil.copytree(EXAMPLES, src)
+    (src / "notes.wav").write_text("not audio")  # rejected by a validation rule
+    write_wav(src / "tone-85dbfs.wav", sine(-85, 10, 48000), 48000, subtype="PCM_24")  # by a plan rule
     out = puresound_env / "out"
-    assert run_cli("podcast", str(EXAMPLES), "--output", str(out), "--workers", "2").exit_code == 0
-    first = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")}
-    assert run_cli("podcast", str(EXAMPLES), "--output", str(out), "--workers", "2").exit_code == 0
+    verdicts = []
+    for _ in range(2):
+        assert run_cli("podcast", str(src), "--output", str(out), "--workers", "2").exit_code == 0
+        verdicts.append({Path(s["path"]).name: (s["verdict"], s["failed_rules"], s["reason"])
+                         for s in batch_report(out, "podcast")["sources"]})
+        if len(verdicts) == 1:
+            first = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")}
+    assert verdicts[0]["notes.wav"][:2] == ("rejected", ["decodable"])
+    assert verdicts[0]["tone-85dbfs.wav"][:2] == ("rejected", ["loudness_measurable"])
+    assert verdicts[1] == verdicts[0]
     states = _task_run_states(batch_report(out, "podcast")["flow_run_id"])
     for name in ("inspect", "plan", "render"):
         assert states[name] and set(states[name]) == {"Cached"}, (name, states[name])
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp3")} == first
-    # Nothing to render: no worker processes are started for the second run.
+    # Nothing to render, rejected files included: no worker processes are started for the second run.
     assert kinds == ["process", "thread"]
     # A render removed from the work area: worker processes again, and the file is rendered again.
     next((puresound_env / "state" / "renders").rglob("*.opus")).unlink()
-    assert run_cli("podcast", str(EXAMPLES), "--output", str(out), "--workers", "2").exit_code == 0
+    assert run_cli("podcast", str(src), "--output", str(out), "--workers", "2").exit_code == 0
     assert kinds == ["process", "thread", "process"]
     states = _task_run_states(batch_report(out, "podcast")["flow_run_id"])
     assert "Completed" in states["render"], states["render"]
