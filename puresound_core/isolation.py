@@ -50,8 +50,9 @@ from .errors import DecodeTimeoutError, InvalidAudioError
 from .validation import RuleResult, ValidationLimits, ValidationReport, validate_file
 
 #: Default address-space limit of a child (``RLIMIT_AS``): 4 GiB. A forked child already
-#: maps ~0.3 GiB of address space (interpreter, numpy, FFmpeg libraries); block-wise
-#: validation itself needs tens of MiB more, so only a runaway allocation reaches the limit.
+#: maps ~0.65 GiB of address space (interpreter, numpy, FFmpeg libraries, and the scipy,
+#: librosa and numba/LLVM of :data:`PRELOAD_MODULES`; measured with 2 BLAS threads); block-wise
+#: validation and analysis need tens of MiB more, so only a runaway allocation reaches the limit.
 DEFAULT_MEMORY_LIMIT_BYTES = 4 * 1024**3
 
 #: Added to ``limits.decode_timeout_s`` for the default deadline of :func:`validate_isolated`:
@@ -201,7 +202,8 @@ class _IsolatedProcess(multiprocessing.get_context("forkserver").Process):
 #: forked without them, each file's child imported them again. Inspecting a 3-minute 8 kHz
 #: speech WAV took 4.1-4.9 s, and 0.7-0.8 s with them preloaded (2-core machine; the
 #: forkserver's own start, once per process, takes ~5 s either way).
-#: ``test_the_forkserver_preloads_every_module_an_inspection_imports`` keeps it complete.
+#: ``test_the_forkserver_preloads_every_module_an_inspection_imports`` keeps it complete;
+#: :mod:`puresound_core._forkserver_preload` imports them, one failure never the others.
 PRELOAD_MODULES = ("puresound_core.isolation", "puresound_core.analysis", "scipy.signal", "av.subtitles.stream",
                    "librosa.core.audio", "librosa.core.spectrum", "librosa.filters", "librosa.feature.rhythm",
                    "librosa.feature.spectral", "librosa.onset")
@@ -217,7 +219,7 @@ def _context() -> multiprocessing.context.BaseContext:
     with _setup_lock:
         if not _setup_done:
             # Only takes effect if no forkserver is running yet in this process.
-            ctx.set_forkserver_preload(list(PRELOAD_MODULES))
+            ctx.set_forkserver_preload(["puresound_core._forkserver_preload"])  # PRELOAD_MODULES, each alone
             _setup_done = True
     return ctx
 
@@ -358,7 +360,8 @@ def validate_isolated(
         Wall-clock deadline of the child, from its start to its report; the child is
         killed (SIGKILL) when it passes, whatever FFmpeg call it is in. Defaults to
         ``limits.decode_timeout_s + STARTUP_ALLOWANCE_S`` (5 s). The first call in a
-        process also starts the forkserver (~0.5-1 s), outside this deadline.
+        process also starts the forkserver, which imports :data:`PRELOAD_MODULES` (~5 s on a
+        2-core machine), outside this deadline.
     memory_limit_bytes : int > 0 or None
         Address-space limit of the child (``RLIMIT_AS``), default
         :data:`DEFAULT_MEMORY_LIMIT_BYTES` (4 GiB); ``None`` for no limit.

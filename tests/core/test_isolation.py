@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -26,6 +27,13 @@ def _distinct_channels(channels: int, sample_rate_hz: int = 48000, duration_s: f
 @pytest.fixture
 def speech_wav(tmp_path):
     return write_wav(tmp_path / "speech.wav", pink_noise(2, 16000, channels=1), 16000)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forkserver_started(tmp_path_factory):
+    """Start the forkserver (and its preloads, seconds) before the tests that time a child."""
+    path = write_wav(tmp_path_factory.mktemp("warm") / "warm.wav", pink_noise(0.1, 16000, channels=1), 16000)
+    probe_isolated(path)
 
 
 @pytest.mark.parametrize("channels", [6, 8, 12])
@@ -89,7 +97,7 @@ def test_out_of_memory_is_rule_decodable_naming_the_limit(speech_wav):
 
 
 def test_the_memory_limit_applies_to_real_decoding(speech_wav):
-    # 200 MiB of address space is under what the forked interpreter already maps (~260 MiB):
+    # 200 MiB of address space is under what the forked interpreter already maps (~0.65 GiB):
     # the next mapping of the validating decode fails, and that is reported with the limit.
     limit = 200 * 1024**2
     report = validate_isolated(speech_wav, memory_limit_bytes=limit)
@@ -155,6 +163,21 @@ def test_inspection_validates_and_analyses_in_one_isolated_decode(tmp_path):
     write_wav(nan, audio, 48000, subtype="FLOAT")
     result = inspect_file(nan)
     assert result.analysis is None and "finite_samples" in result.validation.failed_rules
+
+
+def test_every_preload_imports_and_one_that_fails_spares_the_others(tmp_path):
+    # The forkserver itself survives only ImportError: librosa without libsndfile raises OSError.
+    (tmp_path / "raises_oserror.py").write_text("raise OSError('cannot load library libsndfile.so')\n")
+    code = ("import importlib, sys\n"
+            "from puresound_core import isolation\n"
+            "for name in isolation.PRELOAD_MODULES: importlib.import_module(name)\n"
+            "isolation.PRELOAD_MODULES = ('raises_oserror', 'colorsys')\n"
+            "import puresound_core._forkserver_preload\n"
+            "print('colorsys' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
 
 
 def test_the_forkserver_preloads_every_module_an_inspection_imports():
