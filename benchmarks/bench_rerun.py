@@ -83,7 +83,10 @@ def pool_run(fn, files: list[Path], out_dir: Path, workers: int) -> None:
             list(pool.map(fn, [(str(f), str(out_dir)) for f in files]))
     finally:
         for name, value in saved.items():
-            os.environ.pop(name) if value is None else os.environ.update({name: value})
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
 
 
 def main() -> None:
@@ -109,10 +112,11 @@ def main() -> None:
             rows.append((f"(f) MP3 preset, 10 x 3 min, {workers} worker(s)", *_timed(
                 lambda w=workers: peers.puresound_run("mp3only", ten, work / f"state-f{w}", work / f"out-f{w}",
                                                       env, w))))
-        for label, fn in (("(g) core calls, no Prefect", core_calls), ("(h) bare transcode", peers.bare_transcode)):
+        for tag, label, fn in (("g", "core calls, no Prefect", core_calls), ("h", "bare transcode",
+                                                                              peers.bare_transcode)):
             for workers in (1, 2):
-                rows.append((f"{label}, {workers} process(es)", *_timed(
-                    lambda w=workers, fn=fn, label=label: pool_run(fn, ten, work / f"{label[1]}{w}", w))))
+                rows.append((f"({tag}) {label}, {workers} process(es)", *_timed(
+                    lambda w=workers, fn=fn, tag=tag: pool_run(fn, ten, work / f"{tag}{w}", w))))
     print(f"\n{len(files)} files for (d)/(e); work in {work}")
     print(f"{'run':44} {'wall s':>8} {'CLI tree CPU s':>15} {'server CPU s':>13}")
     for name, wall, cli, server in rows:

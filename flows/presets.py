@@ -35,7 +35,7 @@ from flows.models import BatchReport, RunRequest, SourceOutcome, SourceRef, line
 from flows.pipeline import process_source
 from flows.recovery import close_orphaned_runs
 from flows.runner import batch_task_runner, worker_environment
-from flows.sources import already_published, list_sources, rendered_already
+from flows.sources import already_published, list_sources, needs_no_audio_work
 from puresound.report_html import render_report_html
 from puresound.resources import resources
 from puresound_core.audio import FFMPEG_VERSION
@@ -220,7 +220,7 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
                 outcomes.update(parted)
             if here and not stop_requested():
                 kind = settings.task_runner
-                if kind == "process" and all(rendered_already(lineage, ref, preset, work_dir) for ref in here):
+                if kind == "process" and all(needs_no_audio_work(lineage, ref, preset, work_dir) for ref in here):
                     # Cache lookups and copies only: starting worker processes would cost more than the work.
                     kind = "thread"
                     logger.info("every file is rendered or rejected already: threads, no worker processes")

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from flows.models import SourceRef, display_name
+from puresound_core.errors import PureSoundError
 from puresound_core.lineage import LineageStore
 from puresound_core.presets import Preset
 from puresound_core.storage import sha256_file
@@ -81,7 +82,7 @@ def already_published(lineage: LineageStore, ref: SourceRef, preset: Preset) -> 
                                                     preset_version=preset.version)
 
 
-def rendered_already(lineage: LineageStore, ref: SourceRef, preset: Preset, work_dir: str) -> bool:
+def needs_no_audio_work(lineage: LineageStore, ref: SourceRef, preset: Preset, work_dir: str) -> bool:
     """Whether this source, as last seen, needs no audio work: its renditions of this preset are
     cached in the work area, or its cached verdicts reject it.
 
@@ -105,8 +106,15 @@ def rendered_already(lineage: LineageStore, ref: SourceRef, preset: Preset, work
     if ref.problem is not None:
         return True
     sha256 = lineage.known_location(uri=ref.uri, etag=ref.etag)
-    return sha256 is not None and (render_is_cached(work_dir, sha256, preset)
-                                   or rejection_is_cached(sha256, inspected_name(ref), preset))
+    if sha256 is None:
+        return False
+    if render_is_cached(work_dir, sha256, preset):
+        return True
+    try:
+        name = inspected_name(ref)
+    except PureSoundError:  # a URI the pipeline cannot fetch either: it names the problem there
+        return False
+    return rejection_is_cached(sha256, name, preset)
 
 
 def inspected_name(ref: SourceRef) -> str:
@@ -127,9 +135,4 @@ def inspected_name(ref: SourceRef) -> str:
         from puresound_core.storage.s3 import parse_s3_uri, safe_local_name
 
         return safe_local_name(parse_s3_uri(ref.uri)[1])
-    name = os.path.basename(ref.local_path)
-    try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        return display_name(name)
+    return display_name(os.path.basename(ref.local_path))  # a valid UTF-8 name is its own display form

@@ -234,7 +234,7 @@ class TruePeakLimiter:
         self._queue = np.zeros((channels, 0), dtype=np.float32)
         self._required = np.zeros(0, dtype=np.float64)
         self._state = 1.0
-        import scipy.ndimage  # imported when a meter or chain is built, not at import: a cached re-run builds none
+        import scipy.ndimage  # imported when a limiter is built, not at import: a cached re-run builds none
 
         self._minimum_filter1d = scipy.ndimage.minimum_filter1d
         self._box_tail: np.ndarray | None = None  # last lookahead - 1 follower values

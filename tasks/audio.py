@@ -231,12 +231,16 @@ def plan_cache_key(sha256: str, file_name: str, preset: Preset) -> str:
     Parameters
     ----------
     sha256 : str
+        Source content hash.
     file_name : str
+        The name the file is planned under.
     preset : Preset
+        Its name, version and fingerprint enter the key.
 
     Returns
     -------
     str
+        Hex digest, with this code version in it.
     """
     return _digest("plan", sha256, file_name, preset.name, preset.version, preset.fingerprint, CODE_VERSION)
 
@@ -256,9 +260,11 @@ def rejection_is_cached(sha256: str, file_name: str, preset: Preset) -> bool:
     Parameters
     ----------
     sha256 : str
+        Source content hash, as lineage knows it for the file's URI and ETag.
     file_name : str
         The name the pipeline inspects the file under (:func:`inspect_cache_key`).
     preset : Preset
+        Its validation limits and rules decide the verdict.
 
     Returns
     -------

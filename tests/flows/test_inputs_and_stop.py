@@ -63,7 +63,7 @@ def test_a_rerun_looks_verdicts_up_under_the_name_the_pipeline_inspects(tmp_path
     names = {inspected_name(ref) for ref in refs}
     assert names == {Path(readable_alias(ref.local_path, str(tmp_path / "work"))).name for ref in refs}
     assert names == {"plain.wav", "caf\\xe9-news.wav"}
-    key = "in/../ep 1.wav"
+    key = "shows/2026/ep 1.wav"
     assert inspected_name(SourceRef(uri=f"s3://bucket/{key}")) == safe_local_name(key)
 
 
