@@ -112,7 +112,7 @@ def needs_no_audio_work(lineage: LineageStore, ref: SourceRef, preset: Preset, w
         return True
     try:
         name = inspected_name(ref)
-    except PureSoundError:  # a URI the pipeline cannot fetch either: it names the problem there
+    except PureSoundError:  # not from list_sources (file:// or s3:// only): the pipeline names the problem
         return False
     return rejection_is_cached(sha256, name, preset)
 
@@ -130,6 +130,11 @@ def inspected_name(ref: SourceRef) -> str:
         A local file's own name, or its display form when the name is not valid UTF-8
         (:func:`flows.pipeline.readable_alias`); for an S3 object, the safe local name its
         download gets (:func:`puresound_core.storage.s3.safe_local_name`).
+
+    Raises
+    ------
+    StorageError
+        For a URI that is neither ``file://`` nor ``s3://bucket/key``.
     """
     if ref.local_path is None:
         from puresound_core.storage.s3 import parse_s3_uri, safe_local_name

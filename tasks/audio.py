@@ -11,6 +11,7 @@ these tasks have no retries; results are persisted so a re-run does no audio wor
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import av
@@ -28,6 +29,8 @@ from puresound_core.presets import Preset, Rendition
 from puresound_core.render import RenditionPlan, RenditionResult, remove_abandoned_attempts
 from puresound_core.storage import sha256_file
 from puresound_core.validation import ValidationLimits
+
+_log = logging.getLogger(__name__)
 
 
 def _engine_source_hash() -> str:
@@ -71,6 +74,7 @@ def inspect_cache_key(sha256: str, file_name: str, limits: ValidationLimits) -> 
         The name the file is inspected under: the report's messages name it, so the same
         content under another name is its own entry.
     limits : ValidationLimits
+        The preset's validation limits: other limits give another report, so another entry.
 
     Returns
     -------
@@ -151,7 +155,8 @@ def render_is_cached(work_dir: str, sha256: str, preset: Preset) -> bool:
     store = get_result_store().update_for_task(render)  # the task's own store
     try:
         record = store.read(render_cache_key(sha256, preset))
-    except Exception:  # noqa: BLE001 - no record, or one that cannot be read: the task will find out
+    except Exception as err:  # noqa: BLE001 - no record, or one that cannot be read: the task will find out
+        _log.debug("%s: no cached renditions of %s: %s", sha256[:12], preset.name, err)
         return False
     return [Path(r.path) for r in record.result] == expected  # another work area's record is rendered again
 
@@ -270,7 +275,7 @@ def rejection_is_cached(sha256: str, file_name: str, preset: Preset) -> bool:
     -------
     bool
         False when in doubt (a record missing or unreadable, ``PREFECT_TASKS_REFRESH_CACHE``)
-        and when the file would be rendered.
+        and when the file would be rendered. Never raises: every doubt is left to the tasks.
     """
     from prefect.results import get_result_store
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
@@ -284,7 +289,8 @@ def rejection_is_cached(sha256: str, file_name: str, preset: Preset) -> bool:
         if not validation.passed or source_rules(preset, validation.probe):
             return True
         plans = get_result_store().update_for_task(plan).read(plan_cache_key(sha256, file_name, preset)).result
-    except Exception:  # noqa: BLE001 - no record, or one that cannot be read: the tasks will find out
+    except Exception as err:  # noqa: BLE001 - no record, or one that cannot be read: the tasks will find out
+        _log.debug("%s (%s): no cached verdict: %s", file_name, sha256[:12], err)
         return False
     return bool(plan_rules(preset, plans))
 

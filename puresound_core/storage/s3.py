@@ -24,7 +24,6 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -40,7 +39,10 @@ MULTIPART_THRESHOLD_BYTES = 16 * 1024 * 1024
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """Split ``s3://bucket/prefix`` into bucket and prefix (no leading slash).
+    """Split ``s3://bucket/key-or-prefix`` into bucket and key, the key taken literally.
+
+    An S3 URI (as the AWS CLI writes it) is not URL-encoded: a key may hold ``#``, ``?``,
+    ``%`` or ``;``, which a URL parser would cut off as fragment, query or parameters.
 
     Parameters
     ----------
@@ -49,16 +51,17 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     Returns
     -------
     (str, str)
+        The bucket, and everything after the ``/`` that follows it (``""`` for none).
 
     Raises
     ------
     StorageError
         If ``uri`` is not an ``s3://`` URI with a bucket.
     """
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not uri.startswith("s3://") or not bucket:
         raise StorageError(f"{uri!r} is not an s3://bucket/prefix URI")
-    return parsed.netloc, parsed.path.lstrip("/")
+    return bucket, key
 
 
 def make_s3_client(*, endpoint_url: str | None = None, region_name: str | None = None, max_attempts: int = 10,

@@ -12,6 +12,7 @@ from puresound_core.storage.s3 import (
     MULTIPART_THRESHOLD_BYTES,
     S3Storage,
     make_s3_client,
+    parse_s3_uri,
     safe_local_name,
     untrusted_key_problem,
 )
@@ -40,6 +41,33 @@ def test_single_and_multipart_uploads_are_verified_and_idempotent(bucket, tmp_pa
     assert sorted(o.key for o in storage.list_objects()) == ["out/p/large.bin", "out/p/small.bin"]
     local, digest = storage.download("out/p/large.bin", tmp_path / "dl")
     assert digest == hashlib.sha256(large.read_bytes()).hexdigest() and local.parent == tmp_path / "dl"
+
+
+@pytest.mark.parametrize("key", ["", "shows/ep 1.wav", "ep#2.wav", "what?.mp3", "100%;x.flac", "a//b.wav",
+                                 "/abs.wav", "caf\u00e9/\u00e9pisode.ogg"])
+def test_an_s3_uri_keeps_its_key_literally(key):
+    # S3 URIs are not URL-encoded: '#' or '?' in a key is not a fragment or a query.
+    assert parse_s3_uri(f"s3://my-bucket/{key}") == ("my-bucket", key)
+
+
+@pytest.mark.parametrize("uri", ["s3://", "s3:///key.wav", "file:///x.wav", "S3://b/k", "b/k"])
+def test_what_is_not_an_s3_uri_is_refused_by_name(uri):
+    with pytest.raises(StorageError, match="is not an s3://bucket/prefix URI"):
+        parse_s3_uri(uri)
+
+
+def test_a_download_gets_the_name_a_rerun_looks_its_verdicts_up_under(bucket, tmp_path):
+    # The inspect and plan cache keys hold the downloaded file's name; a re-run that finds the
+    # verdicts under another name would start worker processes for nothing.
+    from flows.models import SourceRef
+    from flows.sources import inspected_name
+
+    client, name = bucket
+    storage = S3Storage(f"s3://{name}", client=client)
+    for key in ("shows/2026/ep 1.wav", "caf\u00e9/\u00e9pisode #2 (final).flac", "a/.hidden.mp3", "x/"):
+        client.put_object(Bucket=name, Key=key, Body=b"RIFF")
+        local, _ = storage.download(key, tmp_path / "sources")
+        assert local.name == inspected_name(SourceRef(uri=f"s3://{name}/{key}")), key
 
 
 def test_a_body_corrupted_in_transit_is_detected(fault_proxy, moto_url, tmp_path):
