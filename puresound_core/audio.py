@@ -548,10 +548,13 @@ def iter_blocks(
     Notes
     -----
     Memory is O(block_size) whatever the duration. Decoders apply codec priming
-    (MP3 LAME/Xing delay, AAC edit lists, Opus pre-skip) as FFmpeg does. Frames are
-    converted to packed float (``flt``) and de-interleaved with numpy: PyAV 18's
-    ``AudioFrame.planes`` / ``to_ndarray`` reads past the plane-pointer array of planar
-    frames with 8 or more channels and crashes the process.
+    (MP3 LAME/Xing delay, AAC edit lists, Opus pre-skip) as FFmpeg does. Frames in float,
+    16- or 32-bit integer formats, at the stream's rate and layout, are copied straight into
+    the blocks (integers scaled as libswresample does, so the values are the same). Other
+    frames go through libswresample to packed float (``flt``): other sample formats, frames
+    of another rate or layout than the stream's first (concatenated MP3s change both
+    mid-stream), and planar frames of 8 or more channels, whose ``AudioFrame.planes`` /
+    ``to_ndarray`` in PyAV 18 reads past the plane-pointer array and crashes the process.
     """
     p = Path(path)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -575,24 +578,51 @@ def iter_blocks(
             if on_decode_message is not None:
                 cc.options = {**cc.options, "err_detect": STRICT_ERR_DETECT}
                 cc.thread_count = 1
-            resampler = av.AudioResampler(format="flt", layout=cc.layout, rate=cc.sample_rate)
+            layout, rate = cc.layout, cc.sample_rate  # the decoder's context follows each frame: read it once
+            layout_name = layout.name
             demuxer = container.demux(stream)
             decoded_frames = 0
+            resampler: av.AudioResampler | None = None
+            resampler_input: tuple | None = None
 
-            def step() -> list[av.AudioFrame] | None:
-                """Demux and decode one packet; ``None`` once the stream (and resampler) is flushed."""
+            def resampled(frame: av.AudioFrame | None) -> list[tuple[list[np.ndarray], float | None]]:
+                """``frame`` converted to the stream's first rate and layout (``None``: flush).
+
+                libswresample is set up for one input format: a change flushes it and starts another.
+                """
+                nonlocal resampler, resampler_input
+                out = []
+                given = None if frame is None else (frame.format.name, frame.layout.name, frame.sample_rate)
+                if resampler is not None and given != resampler_input:
+                    out.extend(resampler.resample(None))
+                    resampler = None
+                if frame is not None:
+                    if resampler is None:
+                        resampler = av.AudioResampler(format="flt", layout=layout, rate=rate)
+                        resampler_input = given
+                    out.extend(resampler.resample(frame))
+                return [_resampled_views(f, p) for f in out]
+
+            def step() -> list[tuple[list[np.ndarray], float | None]] | None:
+                """Demux and decode one packet into per-channel sample views; ``None`` at the end."""
                 nonlocal decoded_frames
                 packet = next(demuxer, None)
                 if packet is None:
                     return None
-                out: list[av.AudioFrame] = []
+                out = []
                 for frame in packet.decode():
                     decoded_frames += 1
-                    out.extend(resampler.resample(frame))
+                    direct = (_channel_views(frame)
+                              if frame.sample_rate == rate and frame.layout.name == layout_name else None)
+                    if direct is None:
+                        out.extend(resampled(frame))
+                    else:
+                        out.extend(resampled(None))  # what the resampler still holds comes first
+                        out.append(direct)
                 return out
 
-            pending: list[np.ndarray] = []
-            pending_len = 0
+            block = np.empty((0, 0), np.float32)
+            filled = 0
             flushed = False
             while not flushed:
                 if deadline is not None and time.monotonic() > deadline:
@@ -602,28 +632,68 @@ def iter_blocks(
                 try:
                     frames = _collect(on_decode_message, step)
                     if frames is None:
-                        frames = _collect(on_decode_message, resampler.resample, None)
+                        frames = _collect(on_decode_message, resampled, None)
                         flushed = True
                 except av.error.FFmpegError as err:
                     raise InvalidAudioError(
                         f"{p.name}: rule 'decodable' failed: decode error after {decoded_frames} frames "
                         f"({err.strerror})", rule="decodable", path=str(p)) from err
-                for frame in frames:
-                    # Packed float: one plane of samples * channels values, interleaved.
-                    data = frame.to_ndarray().reshape(-1, frame.layout.nb_channels).T
-                    pending.append(data)
-                    pending_len += data.shape[1]
-                if pending_len >= block_size:
-                    joined = np.concatenate(pending, axis=1) if len(pending) > 1 else pending[0]
-                    start = 0
-                    while joined.shape[1] - start >= block_size:
-                        yield np.ascontiguousarray(joined[:, start:start + block_size], dtype=np.float32)
-                        start += block_size
-                    rest = joined[:, start:]
-                    pending = [rest] if rest.shape[1] else []
-                    pending_len = rest.shape[1]
-            if pending_len:
-                yield np.ascontiguousarray(np.concatenate(pending, axis=1), dtype=np.float32)
+                for views, scale in frames:
+                    n, pos = len(views[0]), 0
+                    while pos < n:
+                        if filled == 0:
+                            block = np.empty((len(views), block_size), np.float32)
+                        take = min(block_size - filled, n - pos)
+                        part = block[:, filled:filled + take]
+                        for row, view in zip(part, views, strict=True):
+                            row[:] = view[pos:pos + take]  # int to float32 rounds as FFmpeg's swresample does
+                        if scale is not None:
+                            part *= np.float32(scale)
+                        filled += take
+                        pos += take
+                        if filled == block_size:
+                            yield block
+                            filled = 0
+            if filled:
+                yield np.ascontiguousarray(block[:, :filled])
+
+
+#: Sample formats read straight from a decoded frame: numpy dtype and the scale to [-1, 1)
+#: (``libswresample/audioconvert.c``: ``s16 * (1.0f / (1 << 15))``, ``s32 * (1.0f / (1U << 31))``).
+_DIRECT_FORMATS: dict[str, tuple[type, float | None]] = {
+    "flt": (np.float32, None), "fltp": (np.float32, None),
+    "s16": (np.int16, 2.0 ** -15), "s16p": (np.int16, 2.0 ** -15),
+    "s32": (np.int32, 2.0 ** -31), "s32p": (np.int32, 2.0 ** -31),
+}
+
+
+def _channel_views(frame: av.AudioFrame) -> tuple[list[np.ndarray], float | None] | None:
+    """One read-only view per channel of a decoded frame's samples, and their scale to float.
+
+    ``None`` for a format not in :data:`_DIRECT_FORMATS`, and for planar frames of 8 or more
+    channels: PyAV 18's ``AudioFrame.planes`` reads past the plane-pointer array there and
+    crashes the process (those go through the resampler, which outputs packed ``flt``).
+    Views, not copies: :func:`iter_blocks` copies them into its blocks, once.
+    """
+    fmt = _DIRECT_FORMATS.get(frame.format.name)
+    channels = frame.layout.nb_channels
+    if fmt is None or channels == 0 or (frame.format.is_planar and channels >= 8):
+        return None
+    dtype, scale = fmt
+    samples = frame.samples
+    if frame.format.is_planar:
+        return [np.frombuffer(plane, dtype, samples) for plane in frame.planes], scale
+    interleaved = np.frombuffer(frame.planes[0], dtype, samples * channels).reshape(samples, channels)
+    return [interleaved[:, c] for c in range(channels)], scale
+
+
+def _resampled_views(frame: av.AudioFrame, path: Path) -> tuple[list[np.ndarray], float | None]:
+    """:func:`_channel_views` of the resampler's packed float output; a frame with no channels is refused."""
+    views = _channel_views(frame)
+    if views is None:
+        raise InvalidAudioError(f"{path.name}: rule 'decodable' failed: decoded audio has no channels "
+                                f"(layout {frame.layout.name!r})", rule="decodable", path=str(path))
+    return views
 
 
 def decode(path: str | os.PathLike, *, timeout_s: float | None = None) -> tuple[np.ndarray, int]:

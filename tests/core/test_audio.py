@@ -47,6 +47,40 @@ def test_blocks_have_the_asked_size_and_cover_the_stream(tmp_path):
     assert sum(sizes) == 3 * 48000
 
 
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+@pytest.mark.parametrize("channels", [1, 2, 8])
+@pytest.mark.parametrize(("frames", "block_size"), [(4095, 4096), (4097, 4096), (12289, 1024), (1, 65536)])
+def test_every_sample_format_decodes_to_what_libsndfile_reads(tmp_path, subtype, channels, frames, block_size):
+    # Integer frames are copied straight into the blocks, scaled as libswresample would, or (u8,
+    # double) go through libswresample: either way, exactly libsndfile's float (an independent decoder).
+    rng = np.random.default_rng(frames + channels)
+    audio = rng.uniform(-1, 1, (frames, channels)) * np.linspace(0.01, 1, channels)
+    path = tmp_path / f"{subtype}_{channels}.wav"
+    sf.write(path, audio, 32000, subtype=subtype)
+    blocks = list(iter_blocks(path, block_size=block_size))
+    assert all(b.shape == (channels, block_size) for b in blocks[:-1]) and 0 < blocks[-1].shape[1] <= block_size
+    assert all(b.dtype == np.float32 and b.flags.c_contiguous for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks, axis=1), sf.read(path, dtype="float32", always_2d=True)[0].T)
+
+
+def test_concatenated_mp3s_of_other_rates_and_layouts_decode_at_the_first_ones(tmp_path):
+    # `cat a.mp3 b.mp3` changes rate and layout mid-stream: libswresample is set up again at each change.
+    parts = [(44100, 2, 440.0), (24000, 1, 1000.0), (44100, 2, 440.0)]
+    data = b""
+    for i, (rate, channels, freq) in enumerate(parts):
+        tone = np.tile(0.3 * np.sin(2 * np.pi * freq * np.arange(2 * rate) / rate), (channels, 1)).T
+        sf.write(tmp_path / f"p{i}.mp3", tone, rate)
+        data += (tmp_path / f"p{i}.mp3").read_bytes()
+    (tmp_path / "joined.mp3").write_bytes(data)
+    decoded, rate = decode(tmp_path / "joined.mp3")
+    assert rate == 44100 and decoded.shape[0] == 2
+    assert 6.0 <= decoded.shape[1] / rate <= 6.3  # three 2 s parts, each with its encoder's padding
+    middle = decoded[0, int(2.5 * rate):int(3.5 * rate)]  # the 24 kHz mono part, as 44.1 kHz stereo
+    spectrum = np.abs(np.fft.rfft(middle * np.hanning(len(middle))))
+    assert np.argmax(spectrum) * rate / len(middle) == pytest.approx(1000.0, abs=2)
+    np.testing.assert_array_equal(decoded[0, int(2.5 * rate):int(3.5 * rate)], decoded[1, int(2.5 * rate):int(3.5 * rate)])
+
+
 @pytest.mark.parametrize(("settings", "max_error"), [
     (EncoderSettings(codec="wav", sample_rate_hz=48000, channels=2, bit_depth=16), 2**-15),
     (EncoderSettings(codec="wav", sample_rate_hz=48000, channels=2, bit_depth=24), 2**-23),
