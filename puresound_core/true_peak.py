@@ -1,8 +1,8 @@
 """True peak per ITU-R BS.1770-4 Annex 2: 4x oversampling with the published 48-tap filter.
 
 The interpolator is the Annex's order-48, 4-phase FIR (12 taps a phase), applied at any
-input rate (its response is defined relative to the sample rate). Each interpolated
-value is a 12-sample dot product, computed as one matrix product per block.
+input rate (its response is defined relative to the sample rate). Each phase is computed
+over a whole block as 12 shifted multiply-adds in float32.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .audio import check_audio
 from .errors import InvalidAudioError
@@ -75,17 +74,26 @@ def oversampled_envelope(audio_with_history: np.ndarray) -> np.ndarray:
     ----------
     ITU-R BS.1770-4 (10/2015), Annex 2, Fig. 1 and Table 1.
     """
-    if audio_with_history.shape[1] < _TAPS:
-        # No complete 12-sample window: no sample to report (sliding_window_view would raise).
-        return np.zeros((audio_with_history.shape[0], 0),
-                        dtype=np.result_type(audio_with_history.dtype, _KERNEL.dtype))
-    windows = sliding_window_view(audio_with_history, _TAPS, axis=1)  # (ch, n, 12)
-    phases = windows @ _KERNEL                                           # (ch, n, 4)
-    # Element-wise maxima of the four phase planes: ~5x faster than a reduction over axis 2.
-    envelope = np.maximum(np.abs(phases[..., 0]), np.abs(phases[..., 1]))
-    np.maximum(envelope, np.abs(phases[..., 2]), out=envelope)
-    np.maximum(envelope, np.abs(phases[..., 3]), out=envelope)
-    return np.maximum(envelope, np.abs(audio_with_history[:, _TAPS - 1:]), out=envelope)
+    channels, total = audio_with_history.shape
+    n = total - (_TAPS - 1)
+    dtype = np.result_type(audio_with_history.dtype, _KERNEL.dtype)
+    if n <= 0:
+        # No complete 12-sample window: no sample to report.
+        return np.zeros((channels, 0), dtype=dtype)
+    # Row j of _KERNEL weighs x[i - 11 + j]. Shifted multiply-adds over the whole block are
+    # ~2x faster than a matrix product over a sliding-window view, which numpy cannot hand
+    # to BLAS (its rows overlap); the sums differ only by float32 rounding (~2e-7).
+    envelope = np.abs(audio_with_history[:, _TAPS - 1:]).astype(dtype, copy=False)
+    phase = np.empty((channels, n), dtype=dtype)
+    term = np.empty_like(phase)
+    for p in range(_KERNEL.shape[1]):
+        np.multiply(audio_with_history[:, :n], _KERNEL[0, p], out=phase)
+        for j in range(1, _TAPS):
+            np.multiply(audio_with_history[:, j:j + n], _KERNEL[j, p], out=term)
+            phase += term
+        np.abs(phase, out=phase)
+        np.maximum(envelope, phase, out=envelope)
+    return envelope
 
 
 class TruePeakMeter:

@@ -74,3 +74,21 @@ def test_envelope_of_an_empty_or_tiny_block(n):
     if n:
         assert envelope.max() >= 0.5
     assert oversampled_envelope(np.zeros((2, 5), dtype=np.float32)).shape == (2, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 11, 12, 4097])
+def test_envelope_is_the_annex_filter_applied_by_definition(dtype, n):
+    # Each interpolated value is the 12-tap dot product of Annex 2, Table 1, written out here
+    # with np.convolve in float64; the block computation may differ only by float32 rounding.
+    from puresound_core.true_peak import BS1770_TRUE_PEAK_PHASES, oversampled_envelope
+
+    rng = np.random.default_rng(n)
+    x = rng.uniform(-1, 1, (3, 11 + n)).astype(dtype)
+    expected = np.abs(x[:, 11:]).astype(np.float64)
+    for c in range(3):
+        for phase in BS1770_TRUE_PEAK_PHASES:
+            expected[c] = np.maximum(expected[c], np.abs(np.convolve(x[c].astype(np.float64), phase, "valid")))
+    envelope = oversampled_envelope(x)
+    assert envelope.dtype == np.result_type(dtype, np.float32) and envelope.shape == (3, n)
+    np.testing.assert_allclose(envelope, expected, atol=1e-6 if dtype == np.float32 else 1e-12)
