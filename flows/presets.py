@@ -35,7 +35,7 @@ from flows.models import BatchReport, RunRequest, SourceOutcome, SourceRef, line
 from flows.pipeline import process_source
 from flows.recovery import close_orphaned_runs
 from flows.runner import batch_task_runner, worker_environment
-from flows.sources import already_published, list_sources, needs_no_audio_work
+from flows.sources import already_published, largest_first, list_sources, needs_no_audio_work
 from puresound.report_html import render_report_html
 from puresound.resources import resources
 from puresound_core.audio import FFMPEG_VERSION
@@ -229,7 +229,7 @@ def run_batch(preset: Preset, sources: list[str], output_dir: str | None = None,
                 with worker_environment(runner), runner:
                     futures = {runner.submit(process_source, {"source": ref, "preset": preset, "output_dir": output,
                                                               "work_dir": work_dir, "database_url": database_url,
-                                                              "run_id": run_id}): ref for ref in here}
+                                                              "run_id": run_id}): ref for ref in largest_first(here)}
                     outcomes.update(_collect(futures, preset, on_progress, progress_id))
             for ref in here:  # handed back by the fan-out, then a stop came before they could run
                 outcomes.setdefault(ref.uri, SourceOutcome(path=ref.display, verdict="failed",

@@ -63,6 +63,15 @@ def test_a_rerun_looks_verdicts_up_under_the_name_the_pipeline_inspects(tmp_path
     assert names == {"plain.wav", "caf\\xe9-news.wav"}
 
 
+def test_files_start_largest_first_and_equal_sizes_keep_their_order():
+    from flows.models import SourceRef
+    from flows.sources import largest_first
+
+    refs = [SourceRef(uri=f"s3://b/{name}", size_bytes=size)
+            for name, size in [("a", 10), ("b", 5_000_000), ("c", 10), ("d", 0), ("e", 70)]]
+    assert [r.uri[-1] for r in largest_first(refs)] == ["b", "e", "a", "c", "d"]
+
+
 def test_a_file_name_that_is_not_utf8_is_processed_and_named(puresound_env):
     src = puresound_env / "in"
     src.mkdir()
