@@ -139,11 +139,13 @@ def pool_run(fn, files: list[Path], out_dir: Path, workers: int) -> tuple[float,
 
 
 def puresound_run(preset: str, files: list[Path], state: Path, out: Path, env: dict,
-                  workers: int) -> tuple[float, list[str], dict]:
+                  workers: int, *, cores: str | None = None) -> tuple[float, list[str], dict]:
+    """``puresound run``; ``cores`` (``taskset`` list, e.g. ``"0"``) pins its process tree to those cores."""
     run_env = {**env, "PURESOUND_STATE_DIR": str(state), "PURESOUND_WORKERS": str(workers),
                "PREFECT_LOCAL_STORAGE_PATH": str(state / "prefect-results")}
     started = time.perf_counter()
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "puresound"), "run", preset, *map(str, files),
+    pin = ["taskset", "-c", cores] if cores else []
+    proc = subprocess.run([*pin, str(ROOT / ".venv" / "bin" / "puresound"), "run", preset, *map(str, files),
                            "--output", str(out)], env=run_env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:

@@ -7,8 +7,11 @@ Run by hand, on an otherwise idle machine::
 Against one temporary Prefect server it times (d) ``puresound run podcast`` over the corpus'
 N longest music and speech files (cold caches), (e) the same batch again into a new output
 folder and (e') into the same one, then (f) the one-rendition MP3 preset of
-``bench_peers.py`` over 10 three-minute speech pieces with 1 and with 2 workers. Beside each
-wall time: the CPU seconds of the ``puresound`` process tree and of the Prefect server.
+``bench_peers.py`` over 10 three-minute speech pieces with 1 and with 2 workers, and with 1
+worker pinned to one core (``taskset -c 0``): one worker's file still runs its encoder,
+reader and verification on threads that FFmpeg lets run in parallel, so unpinned it uses
+more than one core. Beside each wall time: the CPU seconds of the ``puresound`` process tree
+and of the Prefect server. ``--workers-only`` skips (d) and (e).
 
 What two cores can give at all, on the same 10 pieces in 1 and 2 processes of a plain
 ``ProcessPoolExecutor`` (the server idle): (g) the core calls of that preset with no Prefect
@@ -92,6 +95,7 @@ def pool_run(fn, files: list[Path], out_dir: Path, workers: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=16, help="the N longest corpus files for (d) and (e)")
+    parser.add_argument("--workers-only", action="store_true", help="skip (d) and (e)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="puresound-rerun-"))
     (work / "presets").mkdir()
@@ -100,32 +104,38 @@ def main() -> None:
     ten = peers.speech_chunks(work / "chunks", count=10, seconds=180)
     from puresound.embedded import embedded_server
 
-    rows = []
+    rows: dict[str, tuple[str, float, float, float]] = {}
     with embedded_server(startup_timeout_s=180) as api_url:
         env = {**os.environ, "PREFECT_API_URL": api_url, "PURESOUND_PRESETS_DIR": str(work / "presets")}
         state = work / "state-d"
-        for name, out in (("(d) podcast, cold", "out-d"), ("(e) podcast again, new output folder", "out-e"),
-                          ("(e') podcast again, same output folder", "out-d")):
-            rows.append((name, *_timed(lambda out=out: peers.puresound_run("podcast", files, state, work / out,
-                                                                            env, 2))))
-        for workers in (1, 2):
-            rows.append((f"(f) MP3 preset, 10 x 3 min, {workers} worker(s)", *_timed(
-                lambda w=workers: peers.puresound_run("mp3only", ten, work / f"state-f{w}", work / f"out-f{w}",
-                                                      env, w))))
+        for key, name, out in (("d", "(d) podcast, cold", "out-d"), ("e", "(e) podcast again, new output folder",
+                                                                     "out-e"),
+                               ("e2", "(e') podcast again, same output folder", "out-d")):
+            if not args.workers_only:
+                rows[key] = (name, *_timed(lambda out=out: peers.puresound_run("podcast", files, state, work / out,
+                                                                                env, 2)))
+        for key, workers, cores in (("f1", 1, None), ("f2", 2, None), ("f1-pinned", 1, "0")):
+            pinned = ", pinned to 1 core" if cores else ""
+            rows[key] = (f"(f) MP3 preset, 10 x 3 min, {workers} worker(s){pinned}", *_timed(
+                lambda w=workers, c=cores, k=key: peers.puresound_run("mp3only", ten, work / f"state-{k}",
+                                                                      work / f"out-{k}", env, w, cores=c)))
         for tag, label, fn in (("g", "core calls, no Prefect", core_calls), ("h", "bare transcode",
                                                                               peers.bare_transcode)):
             for workers in (1, 2):
-                rows.append((f"({tag}) {label}, {workers} process(es)", *_timed(
-                    lambda w=workers, fn=fn, tag=tag: pool_run(fn, ten, work / f"{tag}{w}", w))))
+                rows[f"{tag}{workers}"] = (f"({tag}) {label}, {workers} process(es)", *_timed(
+                    lambda w=workers, fn=fn, tag=tag: pool_run(fn, ten, work / f"{tag}{w}", w)))
     print(f"\n{len(files)} files for (d)/(e); work in {work}")
-    print(f"{'run':44} {'wall s':>8} {'CLI tree CPU s':>15} {'server CPU s':>13}")
-    for name, wall, cli, server in rows:
-        print(f"{name:44} {wall:8.1f} {cli:15.1f} {server:13.1f}")
-    print(f"\n(e) / (d) = {100 * rows[1][1] / rows[0][1]:.1f} % (bar <= 5 %); "
-          f"(e') / (d) = {100 * rows[2][1] / rows[0][1]:.1f} %; "
-          f"2 vs 1 worker throughput = {rows[3][1] / rows[4][1]:.2f}x (bar >= 1.8)")
-    print(f"this machine's ceiling: core calls {rows[5][1] / rows[6][1]:.2f}x, "
-          f"bare transcode {rows[7][1] / rows[8][1]:.2f}x in 2 vs 1 processes")
+    print(f"{'run':52} {'wall s':>8} {'CLI tree CPU s':>15} {'server CPU s':>13}")
+    for name, wall, cli, server in rows.values():
+        print(f"{name:52} {wall:8.1f} {cli:15.1f} {server:13.1f}")
+    wall = {key: row[1] for key, row in rows.items()}
+    if "d" in wall:
+        print(f"\n(e) / (d) = {100 * wall['e'] / wall['d']:.1f} % (bar <= 5 %); "
+              f"(e') / (d) = {100 * wall['e2'] / wall['d']:.1f} %")
+    print(f"2 vs 1 worker throughput = {wall['f1'] / wall['f2']:.2f}x, against 1 worker pinned to one core "
+          f"{wall['f1-pinned'] / wall['f2']:.2f}x (bar >= 1.8)")
+    print(f"this machine's ceiling: core calls {wall['g1'] / wall['g2']:.2f}x, "
+          f"bare transcode {wall['h1'] / wall['h2']:.2f}x in 2 vs 1 processes")
 
 
 if __name__ == "__main__":
