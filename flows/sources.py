@@ -121,9 +121,11 @@ def largest_first(refs: list[SourceRef]) -> list[SourceRef]:
     """The order to start files in: largest first, so a long recording does not start last.
 
     Workers take files in submission order; a batch's wall time is at least the time its
-    last-started file needs. Starting the largest first (Graham's LPT rule) bounds it by 4/3
-    of the best order. Size stands in for duration, known without reading a byte; equal sizes
-    keep their listed order. Reports keep the listed order.
+    last-started file needs. Longest first (Graham's LPT rule) keeps the batch within 4/3 of
+    the best order when run times are known; here size stands in for run time (known without
+    reading a byte, but a WAV minute is ten MP3 minutes), so it is a heuristic. Equal sizes
+    keep their listed order; reports keep the listed order. A batch split into part runs
+    (:mod:`flows.fanout`) is split in listed order.
 
     Parameters
     ----------

@@ -534,7 +534,8 @@ def iter_blocks(
     Yields
     ------
     np.ndarray [shape=(channels, n <= block_size)], float32
-        Mid-stream changes of rate or layout are resampled to the first ones.
+        At the rate and layout the decoder reports when the stream is opened (its header):
+        frames of another rate or layout are resampled to them.
 
     Raises
     ------
@@ -544,6 +545,8 @@ def iter_blocks(
         not one).
     DecodeTimeoutError
         ``rule="decode_timeout"`` when decoding takes longer than ``timeout_s``.
+    ValueError
+        If ``block_size`` is not positive (on the first block asked for).
 
     Notes
     -----
@@ -552,11 +555,13 @@ def iter_blocks(
     16- or 32-bit integer formats, at the stream's rate and layout, are copied straight into
     the blocks (integers scaled as libswresample does, so the values are the same). Other
     frames go through libswresample to packed float (``flt``): other sample formats, frames
-    of another rate or layout than the stream's first (concatenated MP3s change both
-    mid-stream), and planar frames of 8 or more channels, whose ``AudioFrame.planes`` /
-    ``to_ndarray`` in PyAV 18 reads past the plane-pointer array and crashes the process.
+    of another rate or layout than the header's (concatenated MP3s change both mid-stream),
+    and planar frames of 8 or more channels, whose ``AudioFrame.planes`` / ``to_ndarray``
+    in PyAV 18 reads past the plane-pointer array and crashes the process.
     """
     p = Path(path)
+    if block_size <= 0:
+        raise ValueError(f"block_size must be > 0, got {block_size}")
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with _ffmpeg_logging() if on_decode_message is not None else nullcontext():
         try:
@@ -586,7 +591,7 @@ def iter_blocks(
             resampler_input: tuple | None = None
 
             def resampled(frame: av.AudioFrame | None) -> list[tuple[list[np.ndarray], float | None]]:
-                """``frame`` converted to the stream's first rate and layout (``None``: flush).
+                """``frame`` converted to the header's rate and layout (``None``: flush).
 
                 libswresample is set up for one input format: a change flushes it and starts another.
                 """
@@ -601,7 +606,7 @@ def iter_blocks(
                         resampler = av.AudioResampler(format="flt", layout=layout, rate=rate)
                         resampler_input = given
                     out.extend(resampler.resample(frame))
-                return [_resampled_views(f, p) for f in out]
+                return [_resampled_views(f, p) for f in out if f is not None]  # a passthrough flush gives [None]
 
             def step() -> list[tuple[list[np.ndarray], float | None]] | None:
                 """Demux and decode one packet into per-channel sample views; ``None`` at the end."""
@@ -668,7 +673,7 @@ _DIRECT_FORMATS: dict[str, tuple[type, float | None]] = {
 
 
 def _channel_views(frame: av.AudioFrame) -> tuple[list[np.ndarray], float | None] | None:
-    """One read-only view per channel of a decoded frame's samples, and their scale to float.
+    """One view per channel into a decoded frame's sample buffers, and their scale to float.
 
     ``None`` for a format not in :data:`_DIRECT_FORMATS`, and for planar frames of 8 or more
     channels: PyAV 18's ``AudioFrame.planes`` reads past the plane-pointer array there and

@@ -2,7 +2,7 @@
 
 The interpolator is the Annex's order-48, 4-phase FIR (12 taps a phase), applied at any
 input rate (its response is defined relative to the sample rate). Each phase is computed
-over a whole block as 12 shifted multiply-adds in float32.
+over a whole block as 12 shifted multiply-adds (float32 for float32 blocks).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def oversampled_envelope(audio_with_history: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    np.ndarray [shape=(channels, max(n, 0))], float32
+    np.ndarray [shape=(channels, max(n, 0))], float32 (float64 for float64 input)
         For output sample ``i``: the maximum of ``|x[i]|`` and the four interpolated values of
         the 12-sample window ending at ``i``. The filter's group delay is 5.5 samples, so
         those values are reconstructed peaks lying between samples ``i - 6`` and ``i - 5``;

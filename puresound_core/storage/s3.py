@@ -51,7 +51,8 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     Returns
     -------
     (str, str)
-        The bucket, and everything after the ``/`` that follows it (``""`` for none).
+        The bucket, and everything after the ``/`` that follows it (``""`` for none); a
+        further leading ``/`` belongs to the key, as S3 and the AWS CLI take it.
 
     Raises
     ------

@@ -45,6 +45,8 @@ def test_blocks_have_the_asked_size_and_cover_the_stream(tmp_path):
     sizes = [b.shape[1] for b in iter_blocks(path, block_size=10000)]
     assert all(s == 10000 for s in sizes[:-1]) and 0 < sizes[-1] <= 10000
     assert sum(sizes) == 3 * 48000
+    with pytest.raises(ValueError, match="block_size must be > 0, got 0"):
+        next(iter_blocks(path, block_size=0))
 
 
 @pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
@@ -63,6 +65,35 @@ def test_every_sample_format_decodes_to_what_libsndfile_reads(tmp_path, subtype,
     np.testing.assert_array_equal(np.concatenate(blocks, axis=1), sf.read(path, dtype="float32", always_2d=True)[0].T)
 
 
+@pytest.mark.parametrize(("encoder", "suffix", "bits", "channels"), [
+    ("alac", "m4a", 16, 2), ("wavpack", "wv", 24, 6), ("wavpack", "wv", 24, 8), ("wavpack", "wv", 16, 12)])
+def test_planar_frames_decode_exactly_direct_and_past_the_8_channel_guard(tmp_path, encoder, suffix, bits,
+                                                                           channels):
+    # Lossless codecs that decode to planar integers: under 8 channels the planes are read
+    # directly; from 8 on, PyAV 18's `planes` would crash the process, so libswresample
+    # de-interleaves them. Either way the blocks are exactly the integers written.
+    rng = np.random.default_rng(channels)
+    ints = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), (5000, channels), dtype=np.int32)
+    packed = (ints if bits == 16 else ints << 8).astype(np.int16 if bits == 16 else np.int32)
+    fmt, layout = ("s16" if bits == 16 else "s32"), f"{channels}c" if channels not in (2, 6) else (
+        "stereo" if channels == 2 else "5.1")
+    path = tmp_path / f"planar.{suffix}"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(encoder, rate=44100, layout=layout)
+        stream.codec_context.format = f"{fmt}p"  # else wavpack's first format, u8p
+        frame = av.AudioFrame.from_ndarray(packed.reshape(1, -1), format=fmt, layout=layout)
+        frame.sample_rate, frame.pts = 44100, 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    with av.open(str(path)) as container:
+        first = next(container.decode(audio=0))
+        assert first.format.is_planar and first.layout.nb_channels == channels
+    decoded = np.concatenate(list(iter_blocks(path, block_size=1777)), axis=1)
+    expected = packed.T.astype(np.float32) * np.float32(2.0 ** (-15 if bits == 16 else -31))
+    np.testing.assert_array_equal(decoded, expected)
+
+
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile cannot write MP3")
 def test_concatenated_mp3s_of_other_rates_and_layouts_decode_at_the_first_ones(tmp_path):
     # `cat a.mp3 b.mp3` changes rate and layout mid-stream: libswresample is set up again at each change.
     parts = [(44100, 2, 440.0), (24000, 1, 1000.0), (44100, 2, 440.0)]
@@ -186,7 +217,7 @@ def _distinct_channels(channels: int, sample_rate_hz: int = 48000, duration_s: f
 
 @pytest.mark.parametrize("channels", [6, 8, 12])
 def test_multichannel_24bit_decodes_exactly(tmp_path, channels):
-    # PyAV 18 crashes reading planar frames of >= 8 channels; iter_blocks reads packed float.
+    # WAV decodes to packed frames; planar ones: test_planar_frames_decode_exactly_...
     audio = _distinct_channels(channels)
     path = write_wav(tmp_path / f"c{channels}.wav", audio, 48000, subtype="PCM_24")
     info = probe(path)
