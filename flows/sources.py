@@ -123,7 +123,7 @@ def largest_first(refs: list[SourceRef]) -> list[SourceRef]:
     Workers take files in submission order; a batch's wall time is at least the time its
     last-started file needs. Longest first (Graham's LPT rule) keeps the batch within 4/3 of
     the best order when run times are known; here size stands in for run time (known without
-    reading a byte, but a WAV minute is ten MP3 minutes), so it is a heuristic. Equal sizes
+    reading a byte, but a WAV minute is as large as ~10 MP3 minutes), so it is a heuristic. Equal sizes
     keep their listed order; reports keep the listed order. A batch split into part runs
     (:mod:`flows.fanout`) is split in listed order.
 
