@@ -622,7 +622,8 @@ def iter_blocks(
                     if direct is None:
                         out.extend(resampled(frame))
                     else:
-                        out.extend(resampled(None))  # what the resampler still holds comes first
+                        if resampler is not None:  # what it still holds comes first
+                            out.extend(resampled(None))
                         out.append(direct)
                 return out
 
